@@ -1,0 +1,8 @@
+"""dyntok: token dropping inside BERT-family encoders.
+
+Two methods share one token-dropping encoder (:mod:`dyntok.encoder`):
+trainable gate variables with a bi-modal regularizer (Jeong & Kwak 2021, arXiv 2102.09727) and the
+Length-Adaptive Transformer (Kim & Cho 2021, arXiv 2010.07003).
+"""
+
+__version__ = "0.1.0"
