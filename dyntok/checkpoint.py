@@ -1,0 +1,62 @@
+"""Reading dyntok checkpoints: initialising one method from another's weights, and checking they fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyntok.errors import CheckpointError
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint written by dyntok.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or not a dyntok checkpoint.
+    """
+    path = Path(path)
+    if path.is_dir():
+        cands = sorted(path.rglob("best-*.ckpt")) or sorted(path.rglob("last.ckpt"))
+        if not cands:
+            raise CheckpointError(f"no checkpoint (best-*.ckpt or last.ckpt) under {path}")
+        path = cands[-1]
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    if "state_dict" not in state or "dyntok" not in state:
+        raise CheckpointError(f"{path} is not a dyntok checkpoint (no 'dyntok' metadata)")
+    state["path"] = str(path)
+    return state
+
+
+def load_init_weights(module, path: str | Path) -> dict[str, Any]:
+    """Copy the task model's weights from a dyntok checkpoint into ``module.model`` (``init_from=``).
+
+    Only ``model.*`` weights are taken, so a ``method=full`` checkpoint initialises gates or LengthDrop.
+
+    Raises:
+        CheckpointError: different task head, depth or width, or missing weights.
+    """
+    state = read_checkpoint(path)
+    meta = state["dyntok"]
+    if meta.get("num_layers") != module.model.num_layers or meta.get("hidden_size") != module.model.encoder.hidden_size:
+        raise CheckpointError(
+            f"{state['path']}: checkpoint model has {meta.get('num_layers')} layers x {meta.get('hidden_size')}, "
+            f"this model {module.model.num_layers} x {module.model.encoder.hidden_size} (another model=?)"
+        )
+    if meta.get("num_labels") != module.model.num_labels or meta.get("problem") != module.task.problem:
+        raise CheckpointError(
+            f"{state['path']}: checkpoint is for task {meta.get('task')} ({meta.get('problem')}, "
+            f"{meta.get('num_labels')} labels), this run is {module.task.name} "
+            f"({module.task.problem}, {module.model.num_labels} labels)"
+        )
+    weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = module.model.load_state_dict(weights, strict=False)
+    if missing:
+        raise CheckpointError(f"{state['path']}: missing weights {missing[:5]}")
+    return meta

@@ -1,0 +1,167 @@
+"""What every method's LightningModule shares: the task model, metrics, MACs accounting, optimizer.
+
+A method subclasses :class:`TaskModule` and implements ``training_step``; it may override
+``eval_lengths`` (the length configuration used at evaluation), ``extra_parameter_groups`` (e.g. gates
+with their own learning rate) and ``summary`` (method-specific fields of ``results.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dyntok.flops import MacsReport, ModelDims
+from dyntok.lengths import LengthConfig
+from dyntok.model import DynTokModel, ModelOutput
+from dyntok.tasks import TaskSpec
+
+
+class TaskModule(L.LightningModule):
+    """Shared Lightning plumbing for a :class:`DynTokModel` on one task.
+
+    Args:
+        model: the task model (encoder + head).
+        task: the task's :class:`TaskSpec` (metrics, problem type).
+        lr: peak learning rate of the encoder and head (AdamW, linear warm-up then linear decay).
+        weight_decay: AdamW weight decay (not on biases and LayerNorm weights).
+        warmup_ratio: share of the training steps spent warming up.
+    """
+
+    def __init__(self, model: DynTokModel, task: TaskSpec, lr: float = 2e-5, weight_decay: float = 0.01,
+                 warmup_ratio: float = 0.1) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_ratio = warmup_ratio
+        self.dims = ModelDims.from_encoder(model.encoder, num_labels=model.num_labels)
+        self.val_metrics = task.metrics(prefix="val/")
+        self.test_metrics = nn.ModuleList([task.metrics(prefix=f"{s}/") for s in task.test_splits])
+        self._macs: dict[str, MacsReport] = {}
+        self.test_results: dict[str, dict[str, float]] = {}
+
+    # ---- forward and loss -------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor], lengths: torch.Tensor | None = None, **kw: Any) -> ModelOutput:
+        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                          lengths=lengths, **kw)
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy for classification, MSE for regression."""
+        if self.task.problem == "regression":
+            return F.mse_loss(logits.float(), labels.float())
+        return F.cross_entropy(logits.float(), labels)
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float() if self.task.problem == "regression" else logits.argmax(-1)
+
+    def eval_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, L) kept tokens per layer at evaluation; None = the full model. Methods override."""
+        return None
+
+    def eval_length_config(self) -> LengthConfig | None:
+        """The length configuration used at evaluation, when it is one fixed configuration."""
+        return None
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def _eval_step(self, batch: dict[str, torch.Tensor], metrics, split: str) -> torch.Tensor:
+        out = self(batch, lengths=self.eval_lengths(batch))
+        loss = self.task_loss(out.logits, batch["labels"])
+        metrics.update(self.predictions(out.logits), batch["labels"])
+        rep = self._macs.setdefault(split, MacsReport(self.dims, max_length=self._max_length()))
+        rep.update(out.encoder.input_lengths, out.encoder.kept)
+        return loss
+
+    def _max_length(self) -> int:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return int(getattr(dm, "max_length", 0) or self.model.encoder.config.max_position_embeddings)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss = self._eval_step(batch, self.val_metrics, "val")
+        self.log("val/loss", loss, batch_size=batch["input_ids"].size(0), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
+        self.val_metrics.reset()
+        rep = self._macs.pop("val", None)
+        if rep is not None:
+            self.log_dict({f"val/{k}": float(v) for k, v in rep.compute().items()}, sync_dist=True)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        split = self.task.test_splits[dataloader_idx]
+        self._eval_step(batch, self.test_metrics[dataloader_idx], split)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = {}
+        for i, split in enumerate(self.task.test_splits):
+            vals = {k.split("/", 1)[1]: float(v) for k, v in self.test_metrics[i].compute().items()}
+            self.test_metrics[i].reset()
+            rep = self._macs.pop(split, None)
+            if rep is not None:
+                vals.update({k: float(v) for k, v in rep.compute().items()})
+                vals["examples"] = int(rep.examples)
+            self.test_results[split] = vals
+            self.log_dict({f"{split}/{k}": v for k, v in vals.items()}, add_dataloader_idx=False, sync_dist=True)
+
+    # ---- optimisation ----------------------------------------------------------------------------
+    def extra_parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups beyond the encoder and head (e.g. gates with their own learning rate)."""
+        return []
+
+    def configure_optimizers(self):
+        from transformers import get_linear_schedule_with_warmup
+
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+            *self.extra_parameter_groups(),
+        ]
+        opt = torch.optim.AdamW(groups, lr=self.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        if not math.isfinite(total) or total <= 0:
+            total = 1
+        sched = get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * total), total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- lifecycle hooks --------------------------------------------------------------------------
+    def extra_callbacks(self) -> list[L.Callback]:
+        """Callbacks the method needs on the Trainer."""
+        return []
+
+    def load_best(self, path: str) -> None:
+        """Load the weights of the best checkpoint (by the task's validation metric) before testing."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.load_state_dict(state["state_dict"])
+        self.on_load_checkpoint(state)
+
+    def after_fit(self, trainer: L.Trainer, datamodule: L.LightningDataModule, run_dir) -> None:
+        """Work between training and testing (e.g. the LengthDrop search). Default: nothing."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What is needed to use the checkpoint later without the Hydra run around it.
+        checkpoint["dyntok"] = {
+            "config": getattr(self, "run_config", None),
+            "method": type(self).__name__,
+            "task": self.task.name,
+            "problem": self.task.problem,
+            "num_labels": self.model.num_labels,
+            "num_layers": self.model.num_layers,
+            "hidden_size": self.model.encoder.hidden_size,
+            **self.summary(),
+        }
+
+    # ---- reporting -------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Method-specific fields for ``results.json`` (learned length configuration, gate statistics)."""
+        cfg = self.eval_length_config()
+        return {"length_config": cfg.to_dict() if cfg is not None else None}

@@ -1,0 +1,150 @@
+"""The Hydra entry point: ``python -m dyntok.run method=gates task=sst2 data_dir=../shared/data/glue``.
+
+Composes the config, builds DataModule + model + method, fits, evaluates on the report split(s) and writes
+``results.json`` into the run directory. Returns the main test metric (what a sweeper optimises).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from dyntok.errors import DyntokError
+
+log = logging.getLogger("dyntok")
+
+
+def build_model(model_cfg: DictConfig, task) -> Any:
+    """The :class:`DynTokModel` a ``model`` config group entry describes, for ``task``."""
+    from dyntok.model import DynTokModel
+
+    return DynTokModel.from_pretrained(
+        model_cfg.pretrained,
+        task.problem,
+        num_labels=task.num_labels,
+        config=OmegaConf.to_container(model_cfg.config, resolve=True) if model_cfg.get("config") else None,
+        significance=model_cfg.significance,
+        include_diagonal=model_cfg.include_diagonal,
+        head_reduce=model_cfg.head_reduce,
+        dropout=model_cfg.dropout,
+    )
+
+
+def _run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _logger(cfg: DictConfig):
+    if cfg.logger is None or cfg.logger.get("_target_") is None:
+        return False
+    if "WandbLogger" in cfg.logger._target_:
+        os.environ.setdefault("WANDB_SILENT", "true")
+    return hydra.utils.instantiate(cfg.logger)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test as ``cfg`` says; returns the results record (also written to ``results.json``)."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from dyntok.checkpoint import load_init_weights
+    from dyntok.results import flat_rows, format_table, versions, write_results
+    from dyntok.tasks import get_task
+
+    start = time.time()
+    run_dir = _run_dir()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    task = get_task(cfg.task.name)
+    dm = hydra.utils.instantiate(cfg.data)
+    model = build_model(cfg.model, task)
+    module = hydra.utils.instantiate(cfg.method, model=model, task=task, _convert_="object",
+                                     **_method_extras(cfg))
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.init_from:
+        load_init_weights(module, cfg.init_from)
+
+    ckpt_dir = run_dir / "checkpoints"
+    monitor = f"val/{task.main_metric}"
+    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", filename="best-{step}",
+                              save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
+                              auto_insert_metric_name=False)
+    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=_logger(cfg),
+                        callbacks=[ckpt_cb, *module.extra_callbacks()], default_root_dir=str(run_dir))
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path is None and cfg.resume and (ckpt_dir / "last.ckpt").exists():
+        ckpt_path = str(ckpt_dir / "last.ckpt")
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+
+    best = ckpt_cb.best_model_path or None
+    if best:
+        module.load_best(best)
+    module.after_fit(trainer, dm, run_dir)
+    if cfg.test:
+        trainer.test(module, datamodule=dm, verbose=False)
+    record = {
+        "task": task.name,
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "status": "ok",
+        "main_metric": task.main_metric,
+        "splits": module.test_results,
+        "best_val": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
+        "best_checkpoint": best,
+        **module.summary(),
+        "train_steps": int(trainer.global_step),
+        "wall_time_s": time.time() - start,
+        "threads": torch.get_num_threads(),
+        "versions": versions(),
+        "config": module.run_config,
+    }
+    if trainer.is_global_zero:
+        path = write_results(run_dir, record)
+        print(f"\n{format_table(flat_rows([record]))}\n\nresults: {path}")
+    return record
+
+
+def _method_extras(cfg: DictConfig) -> dict[str, Any]:
+    """Config parts a method takes beyond its own group (the regularizer for gates)."""
+    target = cfg.method._target_
+    if target.endswith("GatesModule"):
+        return {"regularizer": OmegaConf.to_container(cfg.regularizer, resolve=True)}
+    return {}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry; bad input ends with one line naming what is wrong (exit status 2)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        record = train(cfg)
+    except DyntokError as e:
+        if multirun:
+            # One failing job must not stop the sweep: record it and let the others run.
+            from dyntok.results import write_results
+
+            write_results(_run_dir(), {"task": cfg.task.name, "method": cfg.method.name, "status": "failed",
+                                       "error": str(e)})
+            log.error("job failed: %s", e)
+            return None
+        print(f"dyntok: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    split = record["splits"].get(record.get("main_split") or next(iter(record["splits"]), ""), {})
+    return split.get(record["main_metric"])
+
+
+if __name__ == "__main__":
+    main()
