@@ -106,9 +106,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        if abs(v) >= 1e6:
-            return f"{v / 1e9:.3f}G"
-        return f"{v:.4f}"
+        return f"{v:.4g}"
     return str(v)
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,17 @@ def _logger(cfg: DictConfig):
     return hydra.utils.instantiate(cfg.logger)
 
 
+def _quiet_libraries() -> None:
+    """One log line per event: Lightning's own handler would repeat what Hydra's root handler prints."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as ``cfg`` says; returns the results record (also written to ``results.json``)."""
     import lightning as L
@@ -61,13 +73,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from dyntok.results import flat_rows, format_table, versions, write_results
     from dyntok.tasks import get_task
 
+    _quiet_libraries()
     start = time.time()
     run_dir = _run_dir()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task = get_task(cfg.task.name)
     dm = hydra.utils.instantiate(cfg.data)
     model = build_model(cfg.model, task)
-    module = hydra.utils.instantiate(cfg.method, model=model, task=task, _convert_="object",
+    method_cfg = {k: v for k, v in cfg.method.items() if k != "name"}
+    module = hydra.utils.instantiate(method_cfg, model=model, task=task, _convert_="object",
                                      **_method_extras(cfg))
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.init_from:
@@ -110,7 +124,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         path = write_results(run_dir, record)
-        print(f"\n{format_table(flat_rows([record]))}\n\nresults: {path}")
+        cols = ["task", "method", "split", *task.metric_names, "gmacs_per_example", "macs_reduction",
+                "padded_macs_reduction", "examples"]
+        print(f"\n{format_table(flat_rows([record]), cols)}\n\nresults: {path}")
     return record
 
 

@@ -73,13 +73,15 @@ class TaskModule(L.LightningModule):
         out = self(batch, lengths=self.eval_lengths(batch))
         loss = self.task_loss(out.logits, batch["labels"])
         metrics.update(self.predictions(out.logits), batch["labels"])
-        rep = self._macs.setdefault(split, MacsReport(self.dims, max_length=self._max_length()))
+        rep = self._macs.setdefault(
+            split, MacsReport(self.dims, max_length=self._max_length(), problem=self.task.problem))
         rep.update(out.encoder.input_lengths, out.encoder.kept)
         return loss
 
     def _max_length(self) -> int:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return int(getattr(dm, "max_length", 0) or self.model.encoder.config.max_position_embeddings)
+        hp = getattr(dm, "hparams", {})
+        return int(hp.get("max_length", 0) or self.model.encoder.config.max_position_embeddings)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._eval_step(batch, self.val_metrics, "val")

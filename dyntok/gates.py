@@ -1,0 +1,168 @@
+"""Trainable rank gates and the bi-modal regularizer (Jeong & Kwak 2021, arXiv 2102.09727).
+
+The paper's method section could not be read; this is the reconstruction in ``PAPERS.md`` with every
+choice a constructor argument:
+
+- **Mask matching**: layer j sorts its tokens by significance; the token of rank k is multiplied by the
+  gate g_j[k] after the attention sub-layer (as PoWER-BERT's soft extraction, Goyal et al. 2020, Sec. 3.4).
+- **Sparsity** (an L1 variant): R_sparse = sum_j w_j sum_k u_k g_j[k] / sum_j w_j sum_k u_k, where u_k is the
+  number of examples in the batch that have a token of rank k (so gates no input reaches cost nothing, and
+  R_sparse is the layer-weighted share of tokens kept: lambda means the same at any length or depth).
+  w_j = j (``layer_weighting="linear"``, PoWER-BERT: deeper layers pay more) or 1 (``"uniform"``).
+- **Bi-modal** term (Srinivas et al. 2017): R_bimodal = the same usage-weighted mean of g (1 - g): zero at 0
+  and 1, largest at 0.5, so gates are pushed to a decision.
+- **Inference** is hard and physical: l_j = #{k < l_{j-1} : g_j[k] > threshold}, l_0 = the real length,
+  so lengths are non-increasing by construction, and the encoder gathers the top-l_j tokens away.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from dyntok.errors import ConfigError
+from dyntok.lengths import LengthConfig
+
+
+class RankGates(nn.Module):
+    """Gate vectors g_j in [0, 1]^T_max, one per layer, indexed by significance rank.
+
+    Args:
+        num_layers: L, encoder depth.
+        max_length: T_max, the longest input (``data.max_length``) in tokens.
+        parametrization: ``clip`` (raw values clipped to [0, 1] after every step, initialised to ``init``;
+            PoWER-BERT's retention parameters) or ``sigmoid`` (g = sigmoid(theta), theta initialised to
+            logit(``init``)).
+        init: initial gate value in (0, 1].
+        straight_through: training forward uses the hard gates (g > threshold) with the soft gradient.
+        threshold: a gate above it keeps its rank at inference.
+        skip_first: the first ``skip_first`` layers carry no gates and keep every token (token
+            rankings in the first layer are barely better than random, PAPERS.md).
+
+    Raises:
+        ConfigError: on an unknown parametrization or out-of-range value.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        max_length: int,
+        parametrization: Literal["clip", "sigmoid"] = "clip",
+        init: float = 1.0,
+        straight_through: bool = False,
+        threshold: float = 0.5,
+        skip_first: int = 0,
+    ) -> None:
+        super().__init__()
+        if parametrization not in ("clip", "sigmoid"):
+            raise ConfigError(f"method.parametrization must be 'clip' or 'sigmoid', got {parametrization!r}")
+        if not 0.0 < init <= 1.0:
+            raise ConfigError(f"method.gate_init must be in (0, 1], got {init}")
+        if not 0.0 < threshold < 1.0:
+            raise ConfigError(f"method.threshold must be in (0, 1), got {threshold}")
+        if not 0 <= skip_first < num_layers:
+            raise ConfigError(f"method.skip_first must be in [0, {num_layers - 1}], got {skip_first}")
+        self.parametrization = parametrization
+        self.straight_through = straight_through
+        self.threshold = threshold
+        self.skip_first = skip_first
+        self.num_layers = num_layers
+        n = num_layers - skip_first
+        if parametrization == "clip":
+            theta = torch.full((n, max_length), float(init))
+        else:
+            p = min(init, 1 - 1e-3)
+            theta = torch.full((n, max_length), float(torch.logit(torch.tensor(p))))
+        self.theta = nn.Parameter(theta)
+        # How often each rank was reached in training: decides which gates the statistics are over.
+        self.register_buffer("usage", torch.zeros(max_length, dtype=torch.float64))
+
+    @property
+    def max_length(self) -> int:
+        return self.theta.size(1)
+
+    def values(self) -> torch.Tensor:
+        """(L_gated, T_max) soft gate values in [0, 1]."""
+        if self.parametrization == "clip":
+            return self.theta.clamp(0.0, 1.0)
+        return torch.sigmoid(self.theta)
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Clip raw values to [0, 1] (call after each optimizer step; no-op for ``sigmoid``)."""
+        if self.parametrization == "clip":
+            self.theta.clamp_(0.0, 1.0)
+
+    def training_gates(self) -> list[torch.Tensor | None]:
+        """Per-layer gates for :meth:`TokenDroppingEncoder.forward` ``rank_gates`` (None = ungated)."""
+        g = self.values()
+        if self.straight_through:
+            hard = (g > self.threshold).to(g.dtype)
+            g = hard + g - g.detach()
+        return [None] * self.skip_first + list(g.unbind(0))
+
+    def _usage_weights(self, real_lengths: torch.Tensor) -> torch.Tensor:
+        """(T_max,) u_k: examples in the batch with a token of rank k."""
+        k = torch.arange(self.max_length, device=real_lengths.device)
+        return (k[None, :] < real_lengths[:, None]).sum(0).to(self.theta.dtype)
+
+    def layer_weights(self, weighting: Literal["linear", "uniform"]) -> torch.Tensor:
+        j = torch.arange(self.skip_first + 1, self.num_layers + 1, dtype=self.theta.dtype, device=self.theta.device)
+        return j if weighting == "linear" else torch.ones_like(j)
+
+    def regularizers(
+        self, real_lengths: torch.Tensor, weighting: Literal["linear", "uniform"] = "linear"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R_sparse, R_bimodal), both scalars in [0, 1] and [0, 0.25].
+
+        Args:
+            real_lengths: (B,) real tokens of the batch's examples.
+        """
+        g = self.values()
+        u = self._usage_weights(real_lengths)
+        if self.training:
+            self.usage += u.detach().to(self.usage.dtype)
+        w = self.layer_weights(weighting)
+        weight = w[:, None] * u[None, :]
+        total = weight.sum().clamp(min=1.0)
+        sparse = (weight * g).sum() / total
+        bimodal = (weight * g * (1 - g)).sum() / total
+        return sparse, bimodal
+
+    @torch.no_grad()
+    def hard_lengths(self, real_lengths: torch.Tensor) -> torch.Tensor:
+        """(B, L) kept tokens per layer at inference: l_j = #{k < l_{j-1} : g_j[k] > threshold}.
+
+        Rank 0 ([CLS] in classification) always counts, so at least one token stays.
+        """
+        open_ = self.values() > self.threshold
+        open_[:, 0] = True
+        cum = torch.cat([torch.zeros_like(open_[:, :1], dtype=torch.long), open_.long().cumsum(1)], dim=1)
+        cur = real_lengths.clamp(max=self.max_length).long()
+        out = []
+        for j in range(self.num_layers):
+            if j >= self.skip_first:
+                cur = cum[j - self.skip_first][cur]
+            out.append(cur)
+        return torch.stack(out, dim=1)
+
+    @torch.no_grad()
+    def length_config(self, reference_length: int) -> LengthConfig:
+        """The learned configuration as ratios of ``reference_length`` tokens (for reports)."""
+        n = torch.tensor([reference_length])
+        counts = self.hard_lengths(n)[0].tolist()
+        return LengthConfig(tuple(c / reference_length for c in counts), "ratio", min_tokens=1)
+
+    @torch.no_grad()
+    def stats(self, tol: float = 0.05) -> dict[str, float]:
+        """Share of gates (at ranks reached in training) within ``tol`` of 0 or 1, and share open."""
+        g = self.values()
+        used = self.usage > 0
+        if not bool(used.any()):
+            used = torch.ones_like(used)
+        g = g[:, used]
+        bimodal = ((g <= tol) | (g >= 1 - tol)).double().mean().item()
+        return {"gate_bimodal_share": bimodal, "gate_open_share": (g > self.threshold).double().mean().item(),
+                "gate_mean": g.double().mean().item()}

@@ -1,0 +1,107 @@
+"""``method=gates``: trainable rank gates with a bi-modal regularizer (Jeong & Kwak 2021).
+
+loss = task_loss + lambda * R_sparse + mu * R_bimodal (see :mod:`dyntok.gates`); gates have their own
+learning rate. Validation and test run the hard gates with physical token removal, so the checkpoint's
+reported accuracy and MACs are what inference costs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from dyntok.errors import ConfigError
+from dyntok.gates import RankGates
+from dyntok.lengths import LengthConfig
+from dyntok.methods.base import TaskModule
+
+
+class GatesModule(TaskModule):
+    """Fine-tune encoder, head and rank gates jointly (one stage).
+
+    Args:
+        regularizer: ``{"lambda": float >= 0, "mu": float >= 0}`` from the ``regularizer`` config group.
+        gate_lr: learning rate of the gates (Adam, no weight decay, constant).
+        max_length: T_max, the number of ranks gated (``data.max_length``).
+        parametrization, gate_init, straight_through, threshold, skip_first: see :class:`RankGates`.
+        layer_weighting: ``linear`` (w_j = j) or ``uniform`` weights of R_sparse.
+        freeze_gates_steps: training steps before the gates start to move (lets the head settle).
+        Other arguments: :class:`TaskModule`.
+
+    Raises:
+        ConfigError: a negative lambda or mu, or a bad gate option (names the config key).
+    """
+
+    def __init__(self, *args: Any, regularizer: dict[str, float], gate_lr: float = 2e-3, max_length: int = 128,
+                 parametrization: Literal["clip", "sigmoid"] = "clip", gate_init: float = 1.0,
+                 straight_through: bool = False, threshold: float = 0.5, skip_first: int = 0,
+                 layer_weighting: Literal["linear", "uniform"] = "linear", freeze_gates_steps: int = 0,
+                 **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        lam, mu = float(regularizer.get("lambda", 0.0)), float(regularizer.get("mu", 0.0))
+        if lam < 0 or mu < 0:
+            raise ConfigError(f"regularizer.lambda and regularizer.mu must be >= 0, got {lam} and {mu}")
+        if layer_weighting not in ("linear", "uniform"):
+            raise ConfigError(f"method.layer_weighting must be 'linear' or 'uniform', got {layer_weighting!r}")
+        self.lam, self.mu = lam, mu
+        self.gate_lr = gate_lr
+        self.layer_weighting = layer_weighting
+        self.freeze_gates_steps = freeze_gates_steps
+        self.gates = RankGates(self.model.num_layers, max_length, parametrization, gate_init, straight_through,
+                               threshold, skip_first)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        real = batch["attention_mask"].sum(1)
+        if real.max() > self.gates.max_length:
+            raise ConfigError(f"inputs of {int(real.max())} tokens exceed method.max_length={self.gates.max_length}")
+        self.gates.theta.requires_grad_(self.global_step >= self.freeze_gates_steps)
+        out = self(batch, rank_gates=self.gates.training_gates())
+        task = self.task_loss(out.logits, batch["labels"])
+        sparse, bimodal = self.gates.regularizers(real, self.layer_weighting)
+        loss = task + self.lam * sparse + self.mu * bimodal
+        bs = batch["input_ids"].size(0)
+        self.log_dict({"train/loss": loss, "train/task_loss": task, "train/r_sparse": sparse,
+                       "train/r_bimodal": bimodal}, prog_bar=True, batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.gates.project_()
+
+    def eval_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.gates.hard_lengths(batch["attention_mask"].sum(1))
+
+    def eval_length_config(self) -> LengthConfig:
+        return self.gates.length_config(self.gates.max_length)
+
+    def extra_parameter_groups(self) -> list[dict[str, Any]]:
+        return [{"params": [self.gates.theta], "lr": self.gate_lr, "weight_decay": 0.0, "constant_lr": True}]
+
+    def configure_optimizers(self):
+        conf = super().configure_optimizers()
+        sched = conf["lr_scheduler"]["scheduler"]
+        # The gates keep their own constant learning rate; the encoder follows warm-up and decay.
+        for i, group in enumerate(sched.optimizer.param_groups):
+            if group.get("constant_lr"):
+                sched.lr_lambdas[i] = lambda _step: 1.0
+        return conf
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self.log_dict({f"val/{k}": v for k, v in self.gates.stats().items()})
+        logger = self.logger
+        if logger is not None and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            g = self.gates.values().detach().cpu()
+            logger.experiment.log({f"gates/layer_{j + 1 + self.gates.skip_first}": wandb.Histogram(g[j].numpy())
+                                   for j in range(g.size(0))} | {"trainer/global_step": self.global_step})
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out["gates"] = {
+            "lambda": self.lam, "mu": self.mu, **self.gates.stats(),
+            "values": self.gates.values().detach().cpu().tolist(),
+            "usage": self.gates.usage.cpu().tolist(),
+        }
+        return out
