@@ -49,7 +49,7 @@ def _logger(cfg: DictConfig):
         return False
     if "WandbLogger" in cfg.logger._target_:
         os.environ.setdefault("WANDB_SILENT", "true")
-    return hydra.utils.instantiate(cfg.logger)
+    return instantiate(cfg.logger)
 
 
 def _quiet_libraries() -> None:
@@ -78,11 +78,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = _run_dir()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task = get_task(cfg.task.name)
-    dm = hydra.utils.instantiate(cfg.data)
+    dm = instantiate(cfg.data)
     model = build_model(cfg.model, task)
-    method_cfg = {k: v for k, v in cfg.method.items() if k != "name"}
-    module = hydra.utils.instantiate(method_cfg, model=model, task=task, _convert_="object",
-                                     **_method_extras(cfg))
+    module = build_method(cfg, model, task)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.init_from:
         load_init_weights(module, cfg.init_from)
@@ -130,12 +128,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-def _method_extras(cfg: DictConfig) -> dict[str, Any]:
-    """Config parts a method takes beyond its own group (the regularizer for gates)."""
-    target = cfg.method._target_
-    if target.endswith("GatesModule"):
-        return {"regularizer": OmegaConf.to_container(cfg.regularizer, resolve=True)}
-    return {}
+def instantiate(node: DictConfig, **extra: Any) -> Any:
+    """Call ``node._target_`` with the node's other keys; errors propagate unwrapped (one clear line)."""
+    params = OmegaConf.to_container(node, resolve=True)
+    cls = hydra.utils.get_class(params.pop("_target_"))
+    return cls(**params, **extra)
+
+
+def build_method(cfg: DictConfig, model, task):
+    """The method's LightningModule from the ``method`` group (and ``regularizer`` for gates)."""
+    params = OmegaConf.to_container(cfg.method, resolve=True)
+    cls = hydra.utils.get_class(params.pop("_target_"))
+    params.pop("name", None)
+    if cls.__name__ == "GatesModule":
+        params["regularizer"] = OmegaConf.to_container(cfg.regularizer, resolve=True)
+    return cls(model=model, task=task, **params)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
