@@ -1,0 +1,150 @@
+"""Rank gates and the bi-modal regularizer (method=gates)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dyntok.encoder import rank_of, significance_scores
+from dyntok.errors import ConfigError
+from dyntok.gates import RankGates
+from dyntok.model import DynTokModel
+from tests.conftest import TINY_BERT
+from tests.test_run import TINY, _run
+
+TEXTS = ["a gorgeous, witty, seductive movie about nothing much", "dull and long"]
+
+
+def test_gate_scales_the_token_of_its_rank(tokenizer):
+    """One layer: zeroing the gate of rank k changes the token of rank k and no other token."""
+    torch.manual_seed(0)
+    model = DynTokModel.from_pretrained(None, "classification", 2, config={**TINY_BERT, "num_hidden_layers": 1}).eval()
+    model.encoder.backbone.set_attn_implementation("eager")
+    b = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    T = b["input_ids"].size(1)
+    k = 2
+    gate = torch.ones(T)
+    gate[k] = 0.0
+    with torch.no_grad():
+        plain = model.encoder(b["input_ids"], b["attention_mask"], b["token_type_ids"]).hidden
+        gated = model.encoder(b["input_ids"], b["attention_mask"], b["token_type_ids"], rank_gates=[gate]).hidden
+        layer = model.encoder.backbone.encoder.layer[0]
+        h = model.encoder.embed(b["input_ids"], b["token_type_ids"])
+        mask = b["attention_mask"].bool()
+        _, probs = layer.attention(h, (~mask)[:, None, None, :].float() * torch.finfo(torch.float32).min)
+        ranks = rank_of(significance_scores(probs, mask), mask, torch.arange(T).expand_as(mask), keep_cls=True)
+    changed = (plain - gated).abs().amax(-1) > 1e-6
+    assert torch.equal(changed, ranks == k)
+
+
+def test_regularizers_hand_computed():
+    g = RankGates(num_layers=2, max_length=4, parametrization="clip")
+    with torch.no_grad():
+        g.theta.copy_(torch.tensor([[1.0, 0.5, 0.0, 1.0], [1.0, 0.25, 0.5, 0.0]]))
+    lengths = torch.tensor([4, 2])  # u = [2, 2, 1, 1]
+    sparse, bimodal = g.regularizers(lengths, "linear")  # w = [1, 2]
+    u = torch.tensor([2.0, 2, 1, 1])
+    w = torch.tensor([1.0, 2])
+    vals = g.theta.detach()
+    weight = w[:, None] * u[None, :]
+    assert sparse.item() == pytest.approx(((weight * vals).sum() / weight.sum()).item())
+    # by hand: layer1 2*1+2*.5+0+1 = 4; layer2 2*(2+.5+.5+0) = 6; total weight 6 + 12 = 18
+    assert sparse.item() == pytest.approx(10 / 18)
+    # g(1-g): layer1 2*.25 = .5; layer2 2*(2*.1875 + .25) = 1.25 -> 1.75 / 18
+    assert bimodal.item() == pytest.approx(1.75 / 18)
+    sparse_u, _ = g.regularizers(lengths, "uniform")
+    assert sparse_u.item() == pytest.approx((4 + 3) / 12)
+
+
+def test_gradients_reach_the_gates_only_where_inputs_reach(tokenizer):
+    torch.manual_seed(0)
+    model = DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT)
+    gates = RankGates(model.num_layers, 64)
+    b = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    T = b["input_ids"].size(1)
+    out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], rank_gates=gates.training_gates())
+    out.logits.sum().backward()
+    task_grad = gates.theta.grad.clone()
+    # The task reaches every gated layer but the last (only [CLS], whose gate is fixed, leaves it).
+    assert task_grad[:-1, 1:T].abs().sum(1).gt(0).all()
+    assert task_grad[:, T:].abs().sum() == 0  # ranks no input reached get no gradient
+    gates.theta.grad = None
+    sparse, _ = gates.regularizers(b["attention_mask"].sum(1))
+    sparse.backward()
+    assert (gates.theta.grad[:, :T] > 0).all() and gates.theta.grad[:, T:].abs().sum() == 0
+
+
+def test_hard_inference_drops_exactly_the_closed_ranks(tokenizer):
+    torch.manual_seed(0)
+    model = DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT).eval()
+    gates = RankGates(model.num_layers, 64, threshold=0.5)
+    with torch.no_grad():
+        gates.theta.fill_(0.9)
+        gates.theta[0, 6:] = 0.1  # layer 1 keeps ranks 0..5
+        gates.theta[1, 4:] = 0.2  # layer 2 keeps ranks 0..3 of those
+        gates.theta[2, 2:] = 0.3  # layer 3 keeps ranks 0..1
+    b = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    real = b["attention_mask"].sum(1)
+    lengths = gates.hard_lengths(real)
+    assert lengths.tolist() == [[min(6, n), min(4, n), min(2, n)] for n in real.tolist()]
+    with torch.no_grad():
+        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], lengths=lengths)
+    assert torch.equal(out.encoder.kept, lengths)
+    assert torch.equal(out.encoder.mask.sum(1), lengths[:, -1])
+
+
+def test_hard_lengths_are_non_increasing_even_if_gates_are_not():
+    gates = RankGates(3, 16)
+    with torch.no_grad():
+        gates.theta.fill_(1.0)
+        gates.theta[0, 3:] = 0.0  # layer 1 keeps 3
+    lengths = gates.hard_lengths(torch.tensor([10]))
+    assert lengths.tolist() == [[3, 3, 3]]  # later layers cannot grow back
+
+
+def test_skip_first_layers_keep_every_token():
+    gates = RankGates(3, 16, skip_first=1)
+    with torch.no_grad():
+        gates.theta.fill_(0.0)
+    assert gates.training_gates()[0] is None
+    assert gates.hard_lengths(torch.tensor([10])).tolist() == [[10, 1, 1]]
+
+
+def test_straight_through_forward_is_hard_gradient_soft():
+    gates = RankGates(1, 4, straight_through=True)
+    with torch.no_grad():
+        gates.theta.copy_(torch.tensor([[0.9, 0.6, 0.4, 0.1]]))
+    g = gates.training_gates()[0]
+    assert g.tolist() == [1.0, 1.0, 0.0, 0.0]
+    g.sum().backward()
+    assert torch.equal(gates.theta.grad, torch.ones(1, 4))
+
+
+def test_bimodal_share_counts_gates_near_zero_or_one():
+    gates = RankGates(1, 4)
+    with torch.no_grad():
+        gates.theta.copy_(torch.tensor([[1.0, 0.97, 0.5, 0.02]]))
+    gates.usage += 1
+    assert gates.stats()["gate_bimodal_share"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("kw", [{"parametrization": "tanh"}, {"init": 0.0}, {"threshold": 1.0}, {"skip_first": 3}])
+def test_bad_gate_options_raise(kw):
+    with pytest.raises(ConfigError):
+        RankGates(3, 16, **kw)
+
+
+def test_gates_training_run_writes_learned_configuration(tmp_path):
+    proc = _run([*TINY, "method=gates", "regularizer.lambda=0.5", "regularizer.mu=0.1", "method.gate_lr=0.3"],
+                tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert rec["method"] == "gates"
+    assert len(rec["length_config"]["values"]) == 3
+    assert 0.0 <= rec["gates"]["gate_bimodal_share"] <= 1.0
+    test = rec["splits"]["test"]
+    # a strong lambda with a high gate learning rate must have closed some gates within 3 steps
+    assert test["macs_ratio"] < 1.0
+    assert rec["gates"]["gate_mean"] < 1.0
