@@ -296,12 +296,16 @@ def run_benchmark(
             "p50_ms": float(np.percentile(t, 50)) if t.size else float("nan"),
             "p90_ms": float(np.percentile(t, 90)) if t.size else float("nan"),
             "pass_ms": pass_ms,
+            # Noise on a shared machine only adds time: the per-batch minimum over repeats is a robust
+            # second estimate beside the p50.
+            "best_ms": float(t.min(0).mean()) if t.size else float("nan"),
             "examples_per_s": n_examples / pass_ms * 1e3,
             "times_ms": t.round(3).tolist(),
         })
     full = next(x for x in results if x["kind"] == "full")
     for x in results:
         x["speedup"] = full["p50_ms"] / x["p50_ms"]
+        x["best_speedup"] = full["best_ms"] / x["best_ms"]
         x["throughput_speedup"] = x["examples_per_s"] / full["examples_per_s"]
         x["speedup_per_macs_reduction"] = x["speedup"] / x["macs_reduction"]
         x["batch_macs_reduction"] = full["batch_gmacs_per_example"] / x["batch_gmacs_per_example"]
@@ -324,13 +328,15 @@ def run_benchmark(
 
 def format_table(result: dict[str, Any]) -> str:
     """The rows as a fixed-width text table."""
-    head = ("name", "GMACs/ex", "MACs red.", "padded red.", "p50 ms", "p90 ms", "ex/s", "speed-up", "sp/MACs")
+    head = ("name", "GMACs/ex", "MACs red.", "padded red.", "p50 ms", "p90 ms", "ex/s", "speed-up", "sp/MACs",
+            "best ms", "best sp.")
     lines = []
     for x in result["rows"]:
         lines.append((
             x["name"], f"{x['gmacs_per_example']:.3f}", f"{x['macs_reduction']:.2f}x",
             f"{x['padded_macs_reduction']:.2f}x", f"{x['p50_ms']:.1f}", f"{x['p90_ms']:.1f}",
             f"{x['examples_per_s']:.1f}", f"{x['speedup']:.2f}x", f"{x['speedup_per_macs_reduction']:.2f}",
+            f"{x['best_ms']:.1f}", f"{x['best_speedup']:.2f}x",
         ))
     widths = [max(len(r[i]) for r in [head, *lines]) for i in range(len(head))]
 

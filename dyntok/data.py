@@ -330,6 +330,15 @@ class TokenizedSplit(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, rows: np.ndarray) -> TokenizedSplit:
+        """The examples at ``rows`` (in that order), as a new split."""
+        lens = self.lengths[rows]
+        offsets = np.concatenate([[0], np.cumsum(lens)]).astype(self.offsets.dtype)
+        pick = np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows]) if len(rows) else \
+            np.zeros(0, dtype=np.int64)
+        tt = None if self.token_type_ids is None else self.token_type_ids[pick]
+        return TokenizedSplit(self.input_ids[pick], tt, offsets, self.labels[rows])
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         a, b = self.offsets[i], self.offsets[i + 1]
         tt = None if self.token_type_ids is None else self.token_type_ids[a:b]
@@ -524,13 +533,18 @@ class DynTokDataModule(lightning.LightningDataModule):
                          name, truncated[name], len(splits[name]), self.hparams.max_length)
         self._splits = splits
 
-    def dataloader(self, split: str, batch_size: int | None = None, shuffle: bool = False) -> DataLoader:
+    def dataloader(self, split: str, batch_size: int | None = None, shuffle: bool = False,
+                   max_examples: int | None = None) -> DataLoader:
         """Loader over any split name; ``shuffle=False`` gives fixed batches sorted by length (longest first).
 
         ``batch_size`` defaults to ``batch_size`` for train and ``eval_batch_size`` otherwise. With
         ``shuffle=True`` batches are reshuffled every epoch (length-bucketed if ``length_bucketing``).
+        ``max_examples`` keeps a seeded random subset of that many examples (e.g. the search split).
         """
         data = self._split(split)
+        if max_examples is not None and max_examples < len(data):
+            keep = np.sort(_rng(self.hparams.seed, f"subset/{split}").permutation(len(data))[:max_examples])
+            data = data.subset(keep)
         hp = self.hparams
         size = batch_size or (hp.batch_size if split == "train" else hp.eval_batch_size)
         if shuffle and hp.length_bucketing:

@@ -124,7 +124,8 @@ class DynTokModel(nn.Module):
     ) -> DynTokModel:
         backbone = load_backbone(pretrained, config)
         enc = TokenDroppingEncoder(backbone, significance, include_diagonal, head_reduce)
-        return cls(enc, problem, num_labels, dropout)
+        # from_pretrained leaves the backbone in eval mode; Lightning keeps submodule modes, so train() here.
+        return cls(enc, problem, num_labels, dropout).train()
 
     @property
     def num_layers(self) -> int:

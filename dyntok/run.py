@@ -54,7 +54,7 @@ def _logger(cfg: DictConfig):
 
 def _quiet_libraries() -> None:
     """One log line per event: Lightning's own handler would repeat what Hydra's root handler prints."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         lg = logging.getLogger(name)
         for h in list(lg.handlers):
             lg.removeHandler(h)
@@ -84,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.init_from:
         load_init_weights(module, cfg.init_from)
+        module.on_init_from()
 
     ckpt_dir = run_dir / "checkpoints"
     monitor = f"val/{task.main_metric}"

@@ -1,0 +1,308 @@
+"""``method=lengthdrop``: the Length-Adaptive Transformer (Kim & Cho 2021, arXiv 2010.07003).
+
+Training (Sec. 3.1-3.2), every step: the full model on the task loss; the smallest sub-model and
+``num_sandwich`` LengthDrop sub-models on distillation towards the detached full-model outputs (sandwich
+rule + in-place distillation); all losses divided by ``num_sandwich + 2``. LayerDrop in every pass.
+
+After training, the evolutionary search (:mod:`dyntok.search`) finds the accuracy/MACs Pareto frontier
+on a split carved from the training data, and the best configuration under ``search.budget`` is used for
+the test split.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from dyntok.errors import ConfigError
+from dyntok.lengths import LengthConfig
+from dyntok.methods.base import TaskModule
+from dyntok.search import (
+    EvolutionarySearch,
+    Gene,
+    Point,
+    SearchStore,
+    best_under_budget,
+    constant_ratio_gene,
+    gene_to_config,
+    pareto_frontier,
+)
+
+log = logging.getLogger("dyntok")
+
+KdDirection = Literal["forward", "reverse"]
+
+SEARCH_DEFAULTS: dict[str, Any] = {
+    "enabled": True, "split": "validation", "max_examples": 1000, "population": 20, "iterations": 30,
+    "mutations": 30, "crossovers": 30, "mutation_prob": 0.5, "seed": 0, "store": None,
+    "budget": 0.4, "budget_unit": "ratio", "eval_batch_size": 128, "curves": True,
+}
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, problem: str,
+                      direction: KdDirection = "forward") -> torch.Tensor:
+    """In-place distillation loss of a sub-model towards the detached full model.
+
+    Args:
+        student, teacher: logits, (B, C) classification, (B,) regression or (B, T, 2) span start/end.
+        direction: ``forward`` = KL(teacher || student), conventional in-place distillation (Yu & Huang
+            2019): the student covers the teacher's distribution. ``reverse`` = KL(student || teacher), what
+            the original LAT code computes (its ``kl_div`` arguments are swapped).
+
+    Returns:
+        scalar, mean over examples (and over start/end for span).
+    """
+    teacher = teacher.detach()
+    if problem == "regression":
+        return F.mse_loss(student.float(), teacher.float())
+    if problem == "span":  # (B, T, 2) -> (2B, T): one distribution over positions per start/end
+        student = student.float().transpose(1, 2).reshape(-1, student.size(1))
+        teacher = teacher.float().transpose(1, 2).reshape(-1, teacher.size(1))
+    log_s = F.log_softmax(student.float(), -1)
+    log_t = F.log_softmax(teacher.float(), -1)
+    if direction == "forward":
+        return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
+    if direction == "reverse":
+        return F.kl_div(log_t, log_s, log_target=True, reduction="batchmean")
+    raise ConfigError(f"method.kd_direction must be 'forward' or 'reverse', got {direction!r}")
+
+
+class LengthDropModule(TaskModule):
+    """LengthDrop training with the sandwich rule, then the evolutionary search.
+
+    Args:
+        length_drop_prob: p, the LengthDrop ratio bound: l_j ~ UniformInt[ceil((1-p) l_{j-1}), l_{j-1}].
+            The paper's 0.2 floors a 12-layer BERT at ~0.33x MACs but a 6-layer MiniLM only at ~0.53x; 0.35
+            floors MiniLM near 0.33x, so 0.4x budgets lie inside the trained range.
+        layer_drop: probability of skipping each layer in every training pass (at least one layer runs).
+        num_sandwich: n random sub-models per step besides the full and the smallest one.
+        kd_direction: ``forward`` (default, conventional) or ``reverse`` (original code's quirk).
+        finetune_epochs: first epochs of plain full-model fine-tuning (both stages from one command);
+            0 when starting from a fine-tuned checkpoint (``init_from=``).
+        length_config: a fixed configuration for the test split instead of searching (any form
+            :meth:`LengthConfig.parse` reads), or None.
+        search: options of the evolutionary search (keys of ``SEARCH_DEFAULTS``).
+        Other arguments: :class:`TaskModule`.
+    """
+
+    def __init__(self, *args: Any, length_drop_prob: float = 0.35, layer_drop: float = 0.2, num_sandwich: int = 2,
+                 kd_direction: KdDirection = "forward", finetune_epochs: int = 0,
+                 length_config: Any = None, search: dict[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        if not 0.0 < length_drop_prob < 1.0:
+            raise ConfigError(f"method.length_drop_prob must be in (0, 1), got {length_drop_prob}")
+        if not 0.0 <= layer_drop < 1.0:
+            raise ConfigError(f"method.layer_drop must be in [0, 1), got {layer_drop}")
+        if num_sandwich < 0:
+            raise ConfigError(f"method.num_sandwich must be >= 0, got {num_sandwich}")
+        if kd_direction not in ("forward", "reverse"):
+            raise ConfigError(f"method.kd_direction must be 'forward' or 'reverse', got {kd_direction!r}")
+        self.p = length_drop_prob
+        self.layer_drop = layer_drop
+        self.num_sandwich = num_sandwich
+        self.kd_direction = kd_direction
+        self.finetune_epochs = finetune_epochs
+        unknown = set(search or {}) - set(SEARCH_DEFAULTS)
+        if unknown:
+            raise ConfigError(f"method.search: unknown keys {sorted(unknown)}; known: {sorted(SEARCH_DEFAULTS)}")
+        self.search_cfg = {**SEARCH_DEFAULTS, **(search or {})}
+        self.test_config: LengthConfig | None = (
+            LengthConfig.parse(length_config, self.model.num_layers, "method.length_config")
+            if length_config is not None else None
+        )
+        self.rng = random.Random(0)
+        self.search_summary: dict[str, Any] = {}
+        # The standard model (init_from) for the constant-ratio curve; kept out of the state dict.
+        object.__setattr__(self, "baseline", None)
+
+    # ---- sampling ----------------------------------------------------------------------------------
+    def sample_lengths(self, ref_length: int) -> LengthConfig:
+        """A LengthDrop sub-model: l_j ~ UniformInt[ceil((1-p) l_{j-1}), l_{j-1}], l_0 = ``ref_length``,
+        as ratios of ``ref_length`` (the batch's longest real input, as LAT samples at its input length)."""
+        cur, vals = ref_length, []
+        for _ in range(self.model.num_layers):
+            cur = self.rng.randint(math.ceil((1 - self.p) * cur - 1e-9), cur)
+            vals.append(cur / ref_length)
+        return LengthConfig(tuple(vals), "ratio", min_tokens=1)
+
+    def smallest(self, ref_length: int) -> LengthConfig:
+        """The smallest sub-model: l_j = ceil((1-p) l_{j-1})."""
+        return gene_to_config(constant_ratio_gene(1 - self.p, self.model.num_layers, ref_length), ref_length)
+
+    def sample_skip(self) -> list[bool] | None:
+        """LayerDrop: each layer skipped with probability ``layer_drop``; never all of them."""
+        if self.layer_drop == 0:
+            return None
+        skip = [self.rng.random() < self.layer_drop for _ in range(self.model.num_layers)]
+        if all(skip):
+            skip[self.rng.randrange(len(skip))] = False
+        return skip
+
+    def sandwich_configs(self, ref_length: int) -> list[LengthConfig]:
+        """The sub-models of one step: the smallest, then ``num_sandwich`` random ones."""
+        return [self.smallest(ref_length)] + [self.sample_lengths(ref_length) for _ in range(self.num_sandwich)]
+
+    # ---- training ----------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # Reproducible sampling that also survives a resume from a checkpoint.
+        self.rng = random.Random(hash((self.global_step, self.current_epoch, 1234)) & 0xFFFFFFFF)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        bs = batch["input_ids"].size(0)
+        if self.current_epoch < self.finetune_epochs:
+            loss = self.task_loss(self(batch).logits, batch["labels"])
+            self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+            return loss
+        real = batch["attention_mask"].sum(1)
+        full = self(batch, skip_layers=self.sample_skip())
+        full_loss = self.task_loss(full.logits, batch["labels"])
+        teacher = full.logits.detach()
+        kd = []
+        for cfg in self.sandwich_configs(int(real.max())):
+            out = self(batch, lengths=cfg.resolve(real), skip_layers=self.sample_skip())
+            kd.append(distillation_loss(out.logits, teacher, self.task.problem, self.kd_direction))
+        loss = (full_loss + sum(kd)) / (len(kd) + 1)
+        self.log_dict({"train/loss": loss, "train/full_loss": full_loss, "train/kd_smallest": kd[0]},
+                      prog_bar=True, batch_size=bs)
+        return loss
+
+    # ---- evaluation --------------------------------------------------------------------------------
+    def eval_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        # Validation (checkpoint selection) scores the full model; the test uses the chosen configuration.
+        if self.trainer.testing and self.test_config is not None:
+            return self.test_config.resolve(batch["attention_mask"].sum(1))
+        return None
+
+    def eval_length_config(self) -> LengthConfig | None:
+        return self.test_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("dyntok") or {}
+        if self.test_config is None and meta.get("length_config"):
+            self.test_config = LengthConfig.parse(meta["length_config"], self.model.num_layers)
+
+    # ---- search ------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, batches: list[dict[str, torch.Tensor]], cfg: LengthConfig | None, model=None) -> float:
+        """Task main metric of ``model`` (default: this one) on pre-collated batches with ``cfg``."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        metrics = self.task.metrics().to(self.device)
+        for b in batches:
+            lengths = cfg.resolve(b["attention_mask"].sum(1)) if cfg is not None else None
+            out = model(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), lengths=lengths)
+            metrics.update(self.predictions(out.logits), b["labels"])
+        model.train(was_training)
+        return float(metrics.compute()[self.task.main_metric])
+
+    def _batches(self, datamodule, split: str, max_examples: int | None) -> list[dict[str, torch.Tensor]]:
+        loader = datamodule.dataloader(split, batch_size=self.search_cfg["eval_batch_size"],
+                                       max_examples=max_examples)
+        return [{k: v.to(self.device) for k, v in b.items()} for b in loader]
+
+    def after_fit(self, trainer, datamodule, run_dir) -> None:
+        """Search the frontier on the search split, pick the configuration under the budget."""
+        s = self.search_cfg
+        if self.test_config is not None or not s["enabled"] or not trainer.is_global_zero:
+            return
+        from dyntok.flops import length_config_macs
+
+        datamodule.setup("fit")
+        ref = int(datamodule.hparams.max_length)
+        L = self.model.num_layers
+        batches = self._batches(datamodule, s["split"], s["max_examples"])
+        lengths = torch.cat([b["attention_mask"].sum(1) for b in batches]).cpu()
+        full_macs = float(length_config_macs(self.dims, LengthConfig.full(L), lengths).mean())
+
+        def macs(gene: Gene) -> float:
+            return float(length_config_macs(self.dims, gene_to_config(gene, ref), lengths).mean())
+
+        store_path = Path(s["store"]) if s["store"] else Path(run_dir) / "search_store.jsonl"
+        meta = {"task": self.task.name, "split": s["split"], "examples": len(lengths), "ref_length": ref,
+                "length_drop_prob": self.p, "checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None)}
+        store = SearchStore(store_path, meta={k: v for k, v in meta.items() if k != "checkpoint"})
+        search = EvolutionarySearch(
+            lambda g: self.score(batches, gene_to_config(g, ref)), macs, L, ref, self.p,
+            s["population"], s["iterations"], s["mutations"], s["crossovers"], s["mutation_prob"], s["seed"], store,
+        )
+        result = search.run()
+        budget = float(s["budget"])
+        if s["budget_unit"] == "ratio":
+            max_macs = budget * full_macs
+        elif s["budget_unit"] == "gmacs":
+            max_macs = budget * 1e9
+        else:
+            raise ConfigError(f"method.search.budget_unit must be 'ratio' or 'gmacs', got {s['budget_unit']!r}")
+        best = best_under_budget(result.frontier, max_macs)
+        self.test_config = gene_to_config(best.gene, ref)
+        self.search_summary = {
+            "frontier_size": len(result.frontier), "evaluated": result.evaluated, "replayed_from_store": result.cached,
+            "seconds": result.seconds, "evals_per_minute": result.evals_per_minute, "store": str(store_path),
+            "search_split": s["split"], "search_examples": len(lengths), "budget": budget,
+            "budget_unit": s["budget_unit"], "chosen_gene": list(best.gene), "chosen_search_score": best.score,
+            "chosen_macs_ratio": best.macs / full_macs,
+        }
+        log.info("search: %d evaluated, %d replayed, %.1f evals/min; chosen %s (%.3fx MACs, %s %.4f on %s)",
+                 result.evaluated, result.cached, result.evals_per_minute, list(best.gene), best.macs / full_macs,
+                 self.task.main_metric, best.score, s["split"])
+        self._write_frontier(run_dir, result.frontier, full_macs, ref, datamodule)
+
+    def _write_frontier(self, run_dir, frontier: list[Point], full_macs: float, ref: int, datamodule) -> None:
+        """Frontier TSV/JSON and the paper's three curves, scored on the first report split."""
+        from dyntok.flops import length_config_macs
+
+        run_dir = Path(run_dir)
+        rows = [{"gene": list(p.gene), "config": gene_to_config(p.gene, ref).describe(), "macs": p.macs,
+                 "macs_ratio": p.macs / full_macs, "search_score": p.score} for p in frontier]
+        curves: dict[str, list[tuple[float, float]]] = {}
+        if self.search_cfg["curves"]:
+            split = self.task.test_splits[0]
+            batches = self._batches(datamodule, split, None)
+            lengths = torch.cat([b["attention_mask"].sum(1) for b in batches]).cpu()
+            L = self.model.num_layers
+            full = float(length_config_macs(self.dims, LengthConfig.full(L), lengths).mean())
+
+            def point(cfg: LengthConfig, model=None) -> tuple[float, float]:
+                m = float(length_config_macs(self.dims, cfg, lengths).mean())
+                return m / full, self.score(batches, cfg, model)
+
+            for r in rows:
+                r["macs_ratio_test"], r[f"{split}_score"] = point(gene_to_config(tuple(r["gene"]), ref))
+            curves["LengthDrop model, searched"] = [(r["macs_ratio_test"], r[f"{split}_score"]) for r in rows]
+            qs = [1 - self.p + self.p * i / 7 for i in range(8)] + [0.5, 0.4, 0.3]
+            consts = [gene_to_config(constant_ratio_gene(q, L, ref), ref) for q in sorted(set(qs))]
+            curves["LengthDrop model, constant ratio"] = [point(c) for c in consts]
+            if self.baseline is not None:
+                curves["standard model, constant ratio"] = [point(c, self.baseline) for c in consts]
+            self.search_summary["curves_split"] = split
+        (run_dir / "frontier.json").write_text(json.dumps({"frontier": rows, "curves": curves}, indent=2))
+        cols = [k for k in rows[0] if k != "gene"] if rows else []
+        lines = ["\t".join(["gene", *cols])] + ["\t".join([",".join(map(str, r["gene"])),
+                                                         *(str(r[c]) for c in cols)]) for r in rows]
+        (run_dir / "frontier.tsv").write_text("\n".join(lines) + "\n")
+        if curves:
+            from dyntok.report import plot_curves
+
+            plot_curves(curves, run_dir / "frontier.png", xlabel="MACs ratio (vs full model at real length)",
+                        ylabel=f"{self.task.main_metric} ({self.search_summary.get('curves_split')})",
+                        title=f"{self.task.name}: Length-Adaptive Transformer")
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out["search"] = self.search_summary or None
+        out["lengthdrop"] = {"length_drop_prob": self.p, "layer_drop": self.layer_drop,
+                             "num_sandwich": self.num_sandwich, "kd_direction": self.kd_direction}
+        return out
+
+    def on_init_from(self) -> None:
+        """Keep the standard fine-tuned model just loaded, for the constant-ratio comparison curve."""
+        object.__setattr__(self, "baseline", copy.deepcopy(self.model).eval())

@@ -1,0 +1,115 @@
+"""LengthDrop training: sampling, sandwich rule, distillation direction, an end-to-end run with search."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dyntok.methods.lengthdrop import LengthDropModule, distillation_loss
+from dyntok.model import DynTokModel
+from dyntok.tasks import get_task
+from tests.conftest import TINY_BERT
+from tests.test_run import TINY, _run
+
+
+def _module(**kw) -> LengthDropModule:
+    torch.manual_seed(0)
+    model = DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT)
+    return LengthDropModule(model=model, task=get_task("sst2"), **kw)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 512), st.floats(0.05, 0.9), st.integers(0, 10**6))
+def test_lengthdrop_samples_stay_within_the_ratio_bound(ref, p, seed):
+    m = _module(length_drop_prob=p)
+    m.rng = random.Random(seed)
+    cfg = m.sample_lengths(ref)
+    counts = [round(v * ref) for v in cfg.values]
+    prev = ref
+    for c in counts:
+        assert math.ceil((1 - p) * prev - 1e-9) <= c <= prev
+        prev = c
+    small = [round(v * ref) for v in m.smallest(ref).values]
+    assert all(s <= c for s, c in zip(small, counts, strict=True))  # nothing is smaller than the smallest
+
+
+def test_sandwich_step_runs_full_smallest_and_random_submodels(tokenizer):
+    m = _module(num_sandwich=2, layer_drop=0.0)
+    b = tokenizer(["a fine film", "long boring and far too slow for anyone to enjoy it"], padding=True,
+                  return_tensors="pt")
+    batch = {**b, "labels": torch.tensor([1, 0])}
+    real = b["attention_mask"].sum(1)
+    seen = []
+    forward = m.forward
+
+    def spy(batch, lengths=None, **kw):
+        seen.append(None if lengths is None else lengths.clone())
+        return forward(batch, lengths=lengths, **kw)
+
+    m.forward = spy
+    m.rng = random.Random(7)
+    twin = _module(num_sandwich=2, layer_drop=0.0)
+    twin.rng = random.Random(7)
+    expected = [c.resolve(real) for c in twin.sandwich_configs(int(real.max()))]
+    m.rng = random.Random(7)
+    loss = m.training_step(batch, 0)
+    assert seen[0] is None  # the full model first, on the task loss
+    assert len(seen) == 4
+    for got, want in zip(seen[1:], expected, strict=True):
+        assert torch.equal(got, want)
+    assert torch.equal(seen[1], m.smallest(int(real.max())).resolve(real))
+    loss.backward()
+    assert m.model.head.weight.grad is not None
+
+
+def test_distillation_direction():
+    s = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
+    t = torch.tensor([[0.5, 0.2, 0.1]])
+    ps, pt = s.softmax(-1), t.softmax(-1)
+    fwd = (pt * (pt.log() - ps.log())).sum()
+    rev = (ps * (ps.log() - pt.log())).sum()
+    assert distillation_loss(s, t, "classification", "forward").item() == pytest.approx(fwd.item(), rel=1e-5)
+    assert distillation_loss(s, t, "classification", "reverse").item() == pytest.approx(rev.item(), rel=1e-5)
+    assert fwd.item() != pytest.approx(rev.item())
+    t2 = t.clone().requires_grad_(True)
+    distillation_loss(s, t2, "classification", "reverse").backward()
+    assert s.grad is not None and t2.grad is None  # the teacher is detached
+    assert distillation_loss(s, s.detach(), "classification").item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_span_distillation_is_over_positions():
+    s = torch.randn(2, 7, 2)
+    assert distillation_loss(s, s, "span").item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(s, torch.randn(2, 7, 2), "span").item() > 0
+
+
+@pytest.mark.parametrize("kw", [{"length_drop_prob": 0.0}, {"layer_drop": 1.0}, {"kd_direction": "sideways"},
+                                {"search": {"budgte": 0.4}}])
+def test_bad_options_raise(kw):
+    from dyntok.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        _module(**kw)
+
+
+def test_lengthdrop_run_searches_and_reports_the_chosen_configuration(tmp_path):
+    search = ["method.search.population=4", "method.search.iterations=2", "method.search.mutations=3",
+              "method.search.crossovers=3", "method.search.max_examples=16", "method.search.budget=0.9"]
+    proc = _run([*TINY, "method=lengthdrop", "method.finetune_epochs=0", *search], tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    rec = json.loads((run / "results.json").read_text())
+    assert rec["method"] == "lengthdrop" and rec["search"]["evaluated"] > 0
+    assert len(rec["length_config"]["values"]) == 3
+    assert rec["search"]["chosen_macs_ratio"] <= 0.9 + 1e-9
+    assert rec["splits"]["test"]["macs_ratio"] < 1.0
+    front = json.loads((run / "frontier.json").read_text())
+    assert front["frontier"] and "LengthDrop model, constant ratio" in front["curves"]
+    assert (run / "frontier.png").stat().st_size > 1000 and (run / "frontier.tsv").exists()
+    assert (run / "search_store.jsonl").exists()

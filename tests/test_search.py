@@ -1,0 +1,127 @@
+"""Evolutionary search: operators, frontier, budget choice, store and resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dyntok.errors import ConfigError
+from dyntok.search import (
+    EvolutionarySearch,
+    Point,
+    SearchStore,
+    best_under_budget,
+    constant_ratio_gene,
+    crossover,
+    mutate,
+    pareto_frontier,
+)
+
+
+def monotone_gene(max_len: int = 64, layers: int = 6):
+    return st.lists(st.integers(1, max_len), min_size=layers, max_size=layers).map(
+        lambda v: tuple(sorted(v, reverse=True)))
+
+
+def test_pareto_frontier_hand_made_points():
+    pts = [Point((1,), 10, 0.80), Point((2,), 20, 0.85), Point((3,), 15, 0.70), Point((4,), 30, 0.85),
+           Point((5,), 5, 0.60), Point((6,), 25, 0.90), Point((7,), 20, 0.84)]
+    front = pareto_frontier(pts)
+    assert [p.gene for p in front] == [(5,), (1,), (2,), (6,)]
+
+
+def test_constant_ratio_gene_is_the_lengthdrop_floor():
+    assert constant_ratio_gene(0.8, 4, 100) == (80, 64, 52, 42)
+    assert constant_ratio_gene(1.0, 3, 50) == (50, 50, 50)
+
+
+@given(monotone_gene(), st.floats(0, 1), st.integers(0, 2**32 - 1))
+def test_mutation_keeps_genes_monotone_and_bounded(gene, prob, seed):
+    import random
+
+    child = mutate(gene, prob, 64, random.Random(seed))
+    assert all(a >= b for a, b in zip(child, child[1:], strict=False))
+    assert 1 <= min(child) and max(child) <= 64
+    if prob == 0:
+        assert child == gene
+
+
+@given(monotone_gene(), monotone_gene())
+def test_crossover_is_ceil_mean_and_monotone(a, b):
+    c = crossover(a, b)
+    assert c == tuple(math.ceil((x + y) / 2) for x, y in zip(a, b, strict=True))
+    assert all(x >= y for x, y in zip(c, c[1:], strict=False))
+
+
+def test_best_under_budget():
+    front = [Point((1,), 10, 0.8), Point((2,), 20, 0.85), Point((3,), 30, 0.9)]
+    assert best_under_budget(front, 25).gene == (2,)
+    with pytest.raises(ConfigError, match="cheapest costs 10"):
+        best_under_budget(front, 5)
+
+
+def _problem(calls: list):
+    """A deterministic toy objective: more tokens score higher, with a bumpy bonus for deep tokens."""
+
+    def evaluate(gene):
+        calls.append(gene)
+        return sum(math.log(g) for g in gene) / len(gene) + 0.01 * ((gene[-1] * 7919) % 13)
+
+    def macs(gene):
+        return float(64 + sum(gene))
+
+    return evaluate, macs
+
+
+def _search(store, evaluate, macs, progress=False):
+    return EvolutionarySearch(evaluate, macs, num_layers=4, ref_length=32, length_drop_prob=0.35, population=6,
+                              iterations=4, mutations=8, crossovers=8, seed=3, store=store, progress=progress)
+
+
+def test_search_rejects_out_of_bounds_genes_and_caches(tmp_path):
+    calls: list = []
+    ev, macs = _problem(calls)
+    s = _search(SearchStore(tmp_path / "s.jsonl"), ev, macs)
+    res = s.run()
+    assert len(calls) == len(set(calls)) == res.evaluated  # no gene is evaluated twice
+    lo, hi = macs(s.smallest), macs(s.full)
+    assert all(lo <= p.macs <= hi for p in res.frontier)
+    assert res.frontier[-1].gene == s.full  # nothing beats keeping every token on this objective
+
+
+class Killed(Exception):
+    pass
+
+
+def test_interrupted_search_resumes_to_the_same_frontier(tmp_path):
+    ev, macs = _problem([])
+    reference = _search(SearchStore(tmp_path / "ref.jsonl"), ev, macs).run().frontier
+
+    done: list = []
+
+    def dying(gene):
+        if len(done) == 25:
+            raise Killed
+        done.append(gene)
+        return ev(gene)
+
+    path = tmp_path / "resume.jsonl"
+    with pytest.raises(Killed):
+        _search(SearchStore(path), dying, macs).run()
+    # a kill while writing leaves half a line: it must be ignored
+    with path.open("a") as f:
+        f.write('{"gene": [3, 2')
+    calls: list = []
+    ev2, _ = _problem(calls)
+    resumed = _search(SearchStore(path), ev2, macs).run()
+    assert resumed.cached >= 25 and not set(calls) & set(done)
+    assert [(p.gene, p.score) for p in resumed.frontier] == [(p.gene, p.score) for p in reference]
+
+
+def test_store_from_another_search_is_refused(tmp_path):
+    SearchStore(tmp_path / "s.jsonl", meta={"task": "sst2"}).add(Point((1, 1), 1.0, 0.5))
+    with pytest.raises(ConfigError, match="another search"):
+        SearchStore(tmp_path / "s.jsonl", meta={"task": "cola"})
