@@ -7,7 +7,8 @@ Every row runs the same batches (a seeded sample of the task, padded to each bat
 so a slow spell on a shared machine hits every row alike. Per row: p50/p90 milliseconds per batch (over
 all repeats x batches), examples/s (median pass), MACs from :mod:`dyntok.flops` on the counts the encoder
 executed, and speed-up = full-model p50 / row p50, measured in the same run. ``speedup_per_macs_reduction``
-near 1 means the wall clock follows the compute saved.
+near 1 means the wall clock follows the compute saved. ``best_ms`` (mean over batches of each batch's fastest
+repeat) and ``best_speedup`` are a second estimate that other jobs on the machine can only inflate.
 """
 
 from __future__ import annotations

@@ -55,8 +55,13 @@ def load_init_weights(module, path: str | Path) -> dict[str, Any]:
             f"{meta.get('num_labels')} labels), this run is {module.task.name} "
             f"({module.task.problem}, {module.model.num_labels} labels)"
         )
-    weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    missing, unexpected = module.model.load_state_dict(weights, strict=False)
+    if meta.get("method") == type(module).__name__:
+        # Same method: everything it learned (gates too), and what it chose (length configuration).
+        missing, _ = module.load_state_dict(state["state_dict"], strict=False)
+        module.on_load_checkpoint(state)
+    else:
+        weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+        missing, _ = module.model.load_state_dict(weights, strict=False)
     if missing:
         raise CheckpointError(f"{state['path']}: missing weights {missing[:5]}")
     return meta

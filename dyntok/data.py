@@ -41,11 +41,11 @@ from typing import Any
 import lightning
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from dyntok.errors import ConfigError, DataError
-from dyntok.tasks import TaskSpec, get_task
 from dyntok.model import resolve_pretrained
+from dyntok.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
@@ -382,18 +382,22 @@ class BucketBatchSampler(Sampler[list[int]]):
     Each epoch: shuffle all examples, cut them into chunks of ``chunk_batches * batch_size``, sort each
     chunk by length and cut it into batches, then shuffle the order of all batches. Every ``iter()`` is a
     new epoch (``set_epoch`` sets the counter); the order depends only on ``seed`` and the epoch.
+    Under DDP (``num_replicas`` processes) process ``rank`` takes every ``num_replicas``-th batch of that
+    order, which is first extended with its own beginning so that every process takes as many steps.
     """
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, chunk_batches: int = 50):
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, chunk_batches: int = 50,
+                 num_replicas: int = 1, rank: int = 0):
         super().__init__()
         self.lengths, self.batch_size, self.seed, self.chunk_batches = np.asarray(lengths), batch_size, seed, chunk_batches
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.num_replicas)
 
     def __iter__(self):
         rng = _rng(self.seed, f"buckets/{self.epoch}")
@@ -405,16 +409,24 @@ class BucketBatchSampler(Sampler[list[int]]):
             part = order[start : start + chunk]
             part = part[np.argsort(self.lengths[part], kind="stable")]
             batches += [part[i : i + self.batch_size].tolist() for i in range(0, len(part), self.batch_size)]
-        for k in rng.permutation(len(batches)):
+        order = rng.permutation(len(batches))
+        order = np.resize(order, len(self) * self.num_replicas)[self.rank :: self.num_replicas]
+        for k in order:
             yield batches[k]
 
 
 class SortedBatchSampler(Sampler[list[int]]):
-    """Fixed evaluation batches, longest examples first (less padding; an out-of-memory shows at once)."""
+    """Fixed evaluation batches, longest examples first (less padding; an out-of-memory shows at once).
 
-    def __init__(self, lengths: np.ndarray, batch_size: int):
+    Under DDP (``num_replicas`` processes) process ``rank`` batches every ``num_replicas``-th example of
+    that order: each example is evaluated exactly once over all processes (no padding duplicates, unlike
+    Lightning's ``DistributedSampler``), and each process has at least one batch when there are at least
+    as many examples as processes.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, num_replicas: int = 1, rank: int = 0):
         super().__init__()
-        order = np.argsort(-np.asarray(lengths), kind="stable")
+        order = np.argsort(-np.asarray(lengths), kind="stable")[rank::num_replicas]
         self.batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
     def __len__(self) -> int:
@@ -534,12 +546,17 @@ class DynTokDataModule(lightning.LightningDataModule):
         self._splits = splits
 
     def dataloader(self, split: str, batch_size: int | None = None, shuffle: bool = False,
-                   max_examples: int | None = None) -> DataLoader:
+                   max_examples: int | None = None, num_replicas: int = 1, rank: int = 0) -> DataLoader:
         """Loader over any split name; ``shuffle=False`` gives fixed batches sorted by length (longest first).
 
         ``batch_size`` defaults to ``batch_size`` for train and ``eval_batch_size`` otherwise. With
         ``shuffle=True`` batches are reshuffled every epoch (length-bucketed if ``length_bucketing``).
         ``max_examples`` keeps a seeded random subset of that many examples (e.g. the search split).
+        ``num_replicas`` > 1: this process's (``rank``) share under DDP; ``batch_size`` is per process.
+        Evaluation shares hold every example exactly once; training shares are padded to equal length.
+
+        Raises:
+            ConfigError: an evaluation split with fewer examples than processes.
         """
         data = self._split(split)
         if max_examples is not None and max_examples < len(data):
@@ -547,28 +564,44 @@ class DynTokDataModule(lightning.LightningDataModule):
             data = data.subset(keep)
         hp = self.hparams
         size = batch_size or (hp.batch_size if split == "train" else hp.eval_batch_size)
+        if not shuffle and len(data) < num_replicas:
+            # a process without a batch would skip the epoch-end metric sync the others wait in
+            raise ConfigError(f"split {split} has {len(data)} examples, fewer than the {num_replicas} DDP "
+                              "processes (trainer.devices x trainer.num_nodes)")
         if shuffle and hp.length_bucketing:
-            loader_args = {"batch_sampler": BucketBatchSampler(data.lengths, size, seed=hp.seed)}
+            loader_args = {"batch_sampler": BucketBatchSampler(data.lengths, size, seed=hp.seed,
+                                                               num_replicas=num_replicas, rank=rank)}
+        elif shuffle and num_replicas > 1:
+            sampler = DistributedSampler(data, num_replicas=num_replicas, rank=rank, shuffle=True, seed=hp.seed)
+            loader_args = {"batch_size": size, "sampler": sampler}
         elif shuffle:
             gen = torch.Generator().manual_seed(hp.seed)
             loader_args = {"batch_size": size, "shuffle": True, "generator": gen}
         else:
-            loader_args = {"batch_sampler": SortedBatchSampler(data.lengths, size)}
+            loader_args = {"batch_sampler": SortedBatchSampler(data.lengths, size, num_replicas, rank)}
         return DataLoader(
             data, collate_fn=PadCollator(self._pad_id(), self.task.problem == "regression"),
             num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0, **loader_args,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train", shuffle=True)
+        return self.dataloader("train", shuffle=True, **self._replicas())
 
     def val_dataloader(self) -> DataLoader:
-        return self.dataloader("validation")
+        return self.dataloader("validation", **self._replicas())
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         """One loader, or a list in ``task.test_splits`` order when there are several (MNLI)."""
-        loaders = [self.dataloader(s) for s in self.task.test_splits]
+        loaders = [self.dataloader(s, **self._replicas()) for s in self.task.test_splits]
         return loaders[0] if len(loaders) == 1 else loaders
+
+    def _replicas(self) -> dict[str, int]:
+        """This process's share under the Trainer's DDP: the loaders shard themselves, so the Trainer must
+        run with ``use_distributed_sampler=False`` (``dyntok.run`` sets it)."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return {"num_replicas": 1, "rank": 0}
+        return {"num_replicas": trainer.world_size, "rank": trainer.global_rank}
 
     # ---- internals --------------------------------------------------------------------------------
 

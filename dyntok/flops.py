@@ -16,7 +16,7 @@ longest executes more than it is charged (see :func:`batch_macs` for what a padd
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +217,18 @@ class MacsReport:
         self.total_full += other.total_full
         self.total_padded += other.total_padded
         self.examples += other.examples
+        return self
+
+    def reduce(self, sum_fn: Callable[[torch.Tensor], torch.Tensor], device: Any = None) -> MacsReport:
+        """Replace the totals by their sum over processes (DDP); returns self.
+
+        ``sum_fn`` all-reduces a (4,) float64 tensor on ``device`` (e.g. ``strategy.reduce(t, reduce_op="sum")``).
+        MACs are whole numbers, so float64 sums are exact below 2**53 (9e15 MACs in all).
+        """
+        t = torch.tensor([self.total, self.total_full, self.total_padded, self.examples], dtype=torch.float64,
+                         device=device)
+        self.total, self.total_full, self.total_padded, examples = sum_fn(t).cpu().tolist()
+        self.examples = int(examples)
         return self
 
     def reset(self) -> None:

@@ -82,6 +82,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg.model, task)
     module = build_method(cfg, model, task)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.get("eval_length_config") is not None:
+        from dyntok.lengths import LengthConfig
+
+        module.fixed_eval_config = LengthConfig.parse(
+            OmegaConf.to_container(cfg.eval_length_config, resolve=True)
+            if OmegaConf.is_config(cfg.eval_length_config) else cfg.eval_length_config,
+            model.num_layers, "eval_length_config")
     if cfg.init_from:
         load_init_weights(module, cfg.init_from)
         module.on_init_from()
@@ -91,13 +98,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", filename="best-{step}",
                               save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
                               auto_insert_metric_name=False)
-    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=_logger(cfg),
+    trainer = L.Trainer(**_trainer_kwargs(cfg), logger=_logger(cfg),
                         callbacks=[ckpt_cb, *module.extra_callbacks()], default_root_dir=str(run_dir))
     ckpt_path = cfg.ckpt_path
     if ckpt_path is None and cfg.resume and (ckpt_dir / "last.ckpt").exists():
         ckpt_path = str(ckpt_dir / "last.ckpt")
         log.info("resuming from %s", ckpt_path)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    if cfg.train:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    elif not cfg.init_from:
+        log.warning("train=false without init_from: evaluating untrained weights")
 
     best = ckpt_cb.best_model_path or None
     if best:
@@ -105,6 +115,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module.after_fit(trainer, dm, run_dir)
     if cfg.test:
         trainer.test(module, datamodule=dm, verbose=False)
+        if not module.test_results:  # ddp_spawn: the test ran in worker processes; its logged metrics came back
+            module.test_results = {s: _logged(trainer, f"{s}/") for s in task.test_splits}
     record = {
         "task": task.name,
         "method": cfg.method.name,
@@ -112,10 +124,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "status": "ok",
         "main_metric": task.main_metric,
         "splits": module.test_results,
-        "best_val": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
+        "best_val": _best_score(ckpt_cb, best),
         "best_checkpoint": best,
         **module.summary(),
-        "train_steps": int(trainer.global_step),
+        "train_steps": int(trainer.global_step) or int(trainer.callback_metrics.get("train/steps", 0)),
         "wall_time_s": time.time() - start,
         "threads": torch.get_num_threads(),
         "versions": versions(),
@@ -127,6 +139,56 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "padded_macs_reduction", "examples"]
         print(f"\n{format_table(flat_rows([record]), cols)}\n\nresults: {path}")
     return record
+
+
+_SPAWN = {"ddp": "ddp_spawn", "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true"}
+
+
+def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.trainer`` for ``L.Trainer``, made safe for DDP inside a Hydra multirun.
+
+    Plain ``ddp`` starts ranks > 0 by re-running this command line, which in a multirun (``-m``) re-runs the
+    whole sweep. There, unless SLURM started the ranks (submitit with ``tasks_per_node`` = devices), the
+    strategy becomes ``ddp_spawn``. The DataModule shards its own batches: Lightning must not add a sampler.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    kw = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kw["use_distributed_sampler"] = False
+    strategy, devices = kw.get("strategy", "auto"), kw.get("devices", "auto")
+    several = kw.get("num_nodes", 1) > 1 or (
+        len(devices) > 1 if isinstance(devices, list) else devices not in (1, "1", "auto"))
+    if strategy == "auto" and several:
+        strategy = "ddp"  # what Lightning picks for several devices
+    if (strategy in _SPAWN and several and HydraConfig.get().mode == RunMode.MULTIRUN
+            and not SLURMEnvironment.detect()):
+        log.info("multirun: trainer.strategy=%s runs as %s (plain ddp would re-run the sweep in each rank)",
+                 kw.get("strategy", "auto"), _SPAWN[strategy])
+        kw["strategy"] = _SPAWN[strategy]
+    return kw
+
+
+def _logged(trainer, prefix: str) -> dict[str, float]:
+    """The metrics logged under ``prefix`` (``test/``), without it; ``examples`` as an int."""
+    vals = {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+    if "examples" in vals:
+        vals["examples"] = int(vals["examples"])
+    return vals
+
+
+def _best_score(ckpt_cb, best: str | None) -> float | None:
+    """The monitored validation score of the best checkpoint."""
+    if ckpt_cb.best_model_score is not None:
+        return float(ckpt_cb.best_model_score)
+    if best:  # ddp_spawn hands the main process the best path only; the checkpoint records the score
+        import torch
+
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        score = state.get("callbacks", {}).get(ckpt_cb.state_key, {}).get("best_model_score")
+        return float(score) if score is not None else None
+    return None
 
 
 def instantiate(node: DictConfig, **extra: Any) -> Any:
@@ -158,10 +220,13 @@ def main(cfg: DictConfig) -> float | None:
     except DyntokError as e:
         if multirun:
             # One failing job must not stop the sweep: record it and let the others run.
+            from lightning.fabric.utilities.rank_zero import rank_zero_only
+
             from dyntok.results import write_results
 
-            write_results(_run_dir(), {"task": cfg.task.name, "method": cfg.method.name, "status": "failed",
-                                       "error": str(e)})
+            if rank_zero_only.rank == 0:  # under SLURM every task of a DDP job gets here
+                write_results(_run_dir(), {"task": cfg.task.name, "method": cfg.method.name, "status": "failed",
+                                           "error": str(e)})
             log.error("job failed: %s", e)
             return None
         print(f"dyntok: error: {e}", file=sys.stderr)

@@ -70,7 +70,12 @@ class TaskModule(L.LightningModule):
 
     # ---- evaluation ------------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics, split: str) -> torch.Tensor:
-        out = self(batch, lengths=self.eval_lengths(batch))
+        fixed = getattr(self, "fixed_eval_config", None)
+        if fixed is not None and self.trainer.testing:
+            lengths = fixed.resolve(batch["attention_mask"].sum(1))
+        else:
+            lengths = self.eval_lengths(batch)
+        out = self(batch, lengths=lengths)
         loss = self.task_loss(out.logits, batch["labels"])
         metrics.update(self.predictions(out.logits), batch["labels"])
         rep = self._macs.setdefault(
@@ -90,9 +95,28 @@ class TaskModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
-        rep = self._macs.pop("val", None)
-        if rep is not None:
+        rep = self._synced_macs("val")
+        if rep.examples:
             self.log_dict({f"val/{k}": float(v) for k, v in rep.compute().items()}, sync_dist=True)
+
+    def _synced_macs(self, split: str) -> MacsReport:
+        """The split's MACs totals summed over the DDP processes (torchmetrics syncs the metrics themselves);
+        every process joins the reduction, with or without batches of its own."""
+        rep = self._macs.pop(split, None)
+        if rep is None:
+            rep = MacsReport(self.dims, max_length=self._max_length(), problem=self.task.problem)
+        return rep.reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), device=self.device)
+
+    def on_test_start(self) -> None:
+        # Under DDP ``after_fit`` may have run on rank zero alone (the LengthDrop search): give every process
+        # what rank zero chose (what a checkpoint records, e.g. the length configuration) before testing.
+        if self.trainer.world_size > 1:
+            state: dict[str, Any] = {}
+            if self.trainer.is_global_zero:
+                self.on_save_checkpoint(state)
+            state = self.trainer.strategy.broadcast(state)
+            if not self.trainer.is_global_zero:
+                self.on_load_checkpoint(state)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         split = self.task.test_splits[dataloader_idx]
@@ -103,12 +127,18 @@ class TaskModule(L.LightningModule):
         for i, split in enumerate(self.task.test_splits):
             vals = {k.split("/", 1)[1]: float(v) for k, v in self.test_metrics[i].compute().items()}
             self.test_metrics[i].reset()
-            rep = self._macs.pop(split, None)
-            if rep is not None:
+            rep = self._synced_macs(split)
+            if rep.examples:
                 vals.update({k: float(v) for k, v in rep.compute().items()})
-                vals["examples"] = int(rep.examples)
+                vals["examples"] = rep.examples
             self.test_results[split] = vals
-            self.log_dict({f"{split}/{k}": v for k, v in vals.items()}, add_dataloader_idx=False, sync_dist=True)
+            # float64: under ddp_spawn these logged values are how the results reach the main process
+            self.log_dict({f"{split}/{k}": torch.tensor(v, dtype=torch.float64, device=self.device)
+                           for k, v in vals.items()}, add_dataloader_idx=False, sync_dist=True)
+
+    def on_train_epoch_end(self) -> None:
+        # A logged value is what ddp_spawn hands back to the main process: the step count travels as one.
+        self.log("train/steps", float(self.global_step), sync_dist=True)
 
     # ---- optimisation ----------------------------------------------------------------------------
     def extra_parameter_groups(self) -> list[dict[str, Any]]:
@@ -168,5 +198,5 @@ class TaskModule(L.LightningModule):
     # ---- reporting -------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """Method-specific fields for ``results.json`` (learned length configuration, gate statistics)."""
-        cfg = self.eval_length_config()
+        cfg = getattr(self, "fixed_eval_config", None) or self.eval_length_config()
         return {"length_config": cfg.to_dict() if cfg is not None else None}
