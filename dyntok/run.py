@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("train=false without init_from: evaluating untrained weights")
 
     best = ckpt_cb.best_model_path or None
-    if best:
+    if best and module.select_best and cfg.train:
         module.load_best(best)
     module.after_fit(trainer, dm, run_dir)
     if cfg.test:
@@ -126,6 +126,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "splits": module.test_results,
         "best_val": _best_score(ckpt_cb, best),
         "best_checkpoint": best,
+        "tested_weights": "best" if best and module.select_best and cfg.train else "final",
         **module.summary(),
         "train_steps": int(trainer.global_step) or int(trainer.callback_metrics.get("train/steps", 0)),
         "wall_time_s": time.time() - start,

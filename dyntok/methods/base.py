@@ -24,6 +24,8 @@ from dyntok.tasks import TaskSpec
 class TaskModule(L.LightningModule):
     """Shared Lightning plumbing for a :class:`DynTokModel` on one task.
 
+    ``select_best``: test the checkpoint with the best validation metric (True) or the final weights.
+
     Args:
         model: the task model (encoder + head).
         task: the task's :class:`TaskSpec` (metrics, problem type).
@@ -31,6 +33,8 @@ class TaskModule(L.LightningModule):
         weight_decay: AdamW weight decay (not on biases and LayerNorm weights).
         warmup_ratio: share of the training steps spent warming up.
     """
+
+    select_best = True
 
     def __init__(self, model: DynTokModel, task: TaskSpec, lr: float = 2e-5, weight_decay: float = 0.01,
                  warmup_ratio: float = 0.1) -> None:

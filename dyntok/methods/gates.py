@@ -20,6 +20,9 @@ from dyntok.methods.base import TaskModule
 class GatesModule(TaskModule):
     """Fine-tune encoder, head and rank gates jointly (one stage).
 
+    The final weights are tested, not the best-by-accuracy checkpoint: lambda sets the trade-off, and an
+    earlier checkpoint with more gates open would undo it.
+
     Args:
         regularizer: ``{"lambda": float >= 0, "mu": float >= 0}`` from the ``regularizer`` config group.
         gate_lr: learning rate of the gates (Adam, no weight decay, constant).
@@ -32,6 +35,8 @@ class GatesModule(TaskModule):
     Raises:
         ConfigError: a negative lambda or mu, or a bad gate option (names the config key).
     """
+
+    select_best = False
 
     def __init__(self, *args: Any, regularizer: dict[str, float], gate_lr: float = 2e-3, max_length: int = 128,
                  parametrization: Literal["clip", "sigmoid"] = "clip", gate_init: float = 1.0,
