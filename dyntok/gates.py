@@ -8,6 +8,8 @@ choice a constructor argument:
 - **Sparsity** (an L1 variant): R_sparse = sum_j w_j sum_k u_k g_j[k] / sum_j w_j sum_k u_k, where u_k is the
   number of examples in the batch that have a token of rank k (so gates no input reaches cost nothing, and
   R_sparse is the layer-weighted share of tokens kept: lambda means the same at any length or depth).
+  At g = 1 the gradients of lambda * R_sparse and mu * R_bimodal are lambda and -mu (same weights): gates
+  start closing only where lambda > mu.
   w_j = j (``layer_weighting="linear"``, PoWER-BERT: deeper layers pay more) or 1 (``"uniform"``).
 - **Bi-modal** term (Srinivas et al. 2017): R_bimodal = the same usage-weighted mean of g (1 - g): zero at 0
   and 1, largest at 0.5, so gates are pushed to a decision.

@@ -48,12 +48,12 @@ def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Pa
 
 
 def _label(rec: dict[str, Any]) -> str:
-    if rec.get("label"):
-        return rec["label"]
     if rec.get("method") == "gates":
         g = rec.get("gates") or {}
-        return f"gates (lambda={g.get('lambda')}, mu={g.get('mu')})"
-    return str(rec.get("method"))
+        return f"{rec.get('label') or 'gates'} (lambda={g.get('lambda')}, mu={g.get('mu')})"
+    cfg = rec.get("length_config") or {}
+    desc = f" {cfg.get('unit')}{[round(v, 3) for v in cfg.get('values', [])]}" if cfg else ""
+    return f"{rec.get('label') or rec.get('method')}{desc}"
 
 
 def trade_off(records: list[dict[str, Any]], split: str | None = None) -> tuple[list[dict[str, Any]], dict]:
@@ -68,10 +68,10 @@ def trade_off(records: list[dict[str, Any]], split: str | None = None) -> tuple[
         for row in flat_rows([rec]):
             if split is not None and row["split"] != split:
                 continue
-            row = {"label": _label(rec), **row, "main_metric": metric, "run": rec.get("path")}
+            row = {**row, "label": _label(rec), "main_metric": metric, "run": rec.get("path")}
             rows.append(row)
             if row.get("macs_ratio") is not None and row.get(metric) is not None:
-                series = rec.get("method") if rec.get("method") != "gates" else "gates"
+                series = rec.get("label") or rec.get("method")
                 curves[f"{series} ({row['split']})"].append((row["macs_ratio"], row[metric]))
     return rows, dict(curves)
 

@@ -121,6 +121,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "task": task.name,
         "method": cfg.method.name,
         "model": cfg.model.name,
+        "label": cfg.get("label") or cfg.method.name,
         "status": "ok",
         "main_metric": task.main_metric,
         "splits": module.test_results,

@@ -287,7 +287,10 @@ def make_windows(tok, examples: SquadExamples, max_length: int, doc_stride: int)
                 type_parts.append(np.asarray(enc["token_type_ids"][w], dtype=np.int8))
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    cat = (lambda parts, dtype, shape=(0,): np.concatenate(parts) if parts else np.zeros(shape, dtype))
+
+    def cat(parts: list[np.ndarray], dtype, shape: tuple[int, ...] = (0,)) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(shape, dtype)
+
     return Windows(
         input_ids=cat(ids_parts, np.int32),
         token_type_ids=cat(type_parts, np.int8) if with_types else None,

@@ -5,6 +5,9 @@ Metric convention (every ``TaskSpec.metrics()`` collection follows it):
 * classification: ``preds = logits.argmax(-1)``, an int tensor (B,); ``target`` long (B,) holding the
   label index, i.e. the position of the raw label in ``label_names``.
 * regression: ``preds`` float (B,) (the single logit, squeezed); ``target`` float (B,).
+* span (SQuAD): ``preds`` the (B, T, 2) start/end logits of B windows, ``target`` their (B,) window numbers
+  in the split; the collection holds one :class:`dyntok.squad.SquadMetric` that must be bound to the split's
+  windows and questions (:func:`dyntok.squad.bind_span_metrics`) and computes ``exact_match`` and ``f1``.
 
 File formats (GLUE TSV columns, the movie-review CSV) live in :mod:`dyntok.data`; this module only
 says what the task is.
@@ -22,7 +25,7 @@ from torchmetrics import regression as tmr
 
 from dyntok.errors import ConfigError
 
-Problem = Literal["classification", "regression", "span"]  # "span" is reserved for SQuAD
+Problem = Literal["classification", "regression", "span"]
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,12 @@ class TaskSpec:
 
     Attributes:
         name: registry key, e.g. ``"sst2"``.
-        problem: ``"classification"`` or ``"regression"`` (``"span"`` reserved for SQuAD).
-        num_labels: classifier outputs; 1 for regression.
+        problem: ``"classification"``, ``"regression"`` or ``"span"`` (start/end of an answer in a context).
+        num_labels: classifier outputs; 1 for regression; 2 (start, end) for span.
         label_names: raw label values as they appear in the files, in label-index order (index 0 first),
-            which is the order the Hugging Face ``nyu-mll/glue`` dataset uses; empty for regression.
+            which is the order the Hugging Face ``nyu-mll/glue`` dataset uses; empty for regression and span.
         text_keys: text fields of one example (the hub column names): one for single-sentence tasks,
-            two for sentence-pair tasks.
+            two for sentence-pair tasks, (question, context) for span.
         main_metric: metric used for checkpoint selection and reporting (a key of ``metric_names``).
         metric_names: metrics reported for this task.
         test_splits: split names of the final report, e.g. ``("test",)``.
@@ -72,6 +75,10 @@ class TaskSpec:
         Raises:
             ConfigError: the task asks for a metric this problem type does not have.
         """
+        if self.problem == "span":  # one metric post-processes the windows and reports all of its names
+            from dyntok.squad import SquadMetric
+
+            return torchmetrics.MetricCollection({"squad": SquadMetric()}, prefix=prefix)
         return torchmetrics.MetricCollection(
             {name: _build_metric(self, name) for name in self.metric_names}, prefix=prefix
         )
@@ -143,6 +150,11 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="imdb", problem="classification", num_labels=2, label_names=("0", "1"),
             text_keys=("text",), main_metric="accuracy", metric_names=("accuracy",),
+        ),
+        # SQuAD v1.1: exact match and F1 of the official script, as fractions (dyntok.squad)
+        TaskSpec(
+            name="squad", problem="span", num_labels=2, label_names=(), text_keys=("question", "context"),
+            main_metric="f1", metric_names=("exact_match", "f1"), hub=("rajpurkar/squad", "plain_text"),
         ),
     )
 }

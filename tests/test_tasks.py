@@ -12,13 +12,17 @@ GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 
 
 def test_registry_has_every_task():
-    assert set(TASKS) == {*GLUE, "rotten_tomatoes", "imdb"}
+    assert set(TASKS) == {*GLUE, "rotten_tomatoes", "imdb", "squad"}
     for name, spec in TASKS.items():
         assert spec.name == name
         assert spec.main_metric in spec.metric_names
-        assert spec.num_labels == (1 if spec.problem == "regression" else len(spec.label_names))
+        expected = {"regression": 1, "span": 2}.get(spec.problem, len(spec.label_names))
+        assert spec.num_labels == expected
         assert len(spec.text_keys) in (1, 2)
-        assert (spec.hub is not None) == (spec.glue_dir is not None) == (name in GLUE)
+        assert (spec.glue_dir is not None) == (name in GLUE)
+        assert (spec.hub is not None) == (name in GLUE or spec.problem == "span")
+    squad = get_task("squad")
+    assert (squad.problem, squad.main_metric, squad.hub) == ("span", "f1", ("rajpurkar/squad", "plain_text"))
 
 
 def test_unknown_task_lists_the_choices():

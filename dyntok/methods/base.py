@@ -56,13 +56,46 @@ class TaskModule(L.LightningModule):
                           lengths=lengths, **kw)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy for classification, MSE for regression."""
+        """Cross-entropy for classification, MSE for regression; span: the mean of the start and end
+        cross-entropies over positions (logits (B, T, 2), labels (B, 2))."""
         if self.task.problem == "regression":
             return F.mse_loss(logits.float(), labels.float())
+        if self.task.problem == "span":
+            return (F.cross_entropy(logits[..., 0].float(), labels[:, 0])
+                    + F.cross_entropy(logits[..., 1].float(), labels[:, 1])) / 2
         return F.cross_entropy(logits.float(), labels)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.float() if self.task.problem == "regression" else logits.argmax(-1)
+        """What the metrics take: argmax classes, float regression values, span start/end logits as they are
+        (answers are picked per question at compute time)."""
+        return logits.float() if self.task.problem in ("regression", "span") else logits.argmax(-1)
+
+    def update_metrics(self, metrics, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        """Feed one batch to ``metrics``: predictions against ``labels``; span tasks against the windows'
+        ``index`` (the metric maps windows back to questions)."""
+        target = batch["index"] if self.task.problem == "span" else batch["labels"]
+        metrics.update(self.predictions(logits), target)
+
+    def split_metrics(self, split: str, datamodule=None, prefix: str = ""):
+        """A fresh metric collection for ``split``; span metrics come bound to that split's windows and
+        questions from ``datamodule`` (default: the Trainer's)."""
+        metrics = self.task.metrics(prefix).to(self.device)
+        self._bind_span(metrics, split, datamodule)
+        return metrics
+
+    def _bind_span(self, metrics, split: str, datamodule=None) -> None:
+        if self.task.problem == "span":
+            from dyntok.squad import bind_span_metrics
+
+            dm = datamodule if datamodule is not None else self.trainer.datamodule
+            bind_span_metrics(metrics, dm.span_features(split))
+
+    def setup(self, stage: str) -> None:
+        # Span metrics post-process per question: they need the split's windows and questions.
+        if self.task.problem == "span":
+            self._bind_span(self.val_metrics, "validation")
+            for split, metrics in zip(self.task.test_splits, self.test_metrics, strict=True):
+                self._bind_span(metrics, split)
 
     def eval_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """(B, L) kept tokens per layer at evaluation; None = the full model. Methods override."""
@@ -81,7 +114,7 @@ class TaskModule(L.LightningModule):
             lengths = self.eval_lengths(batch)
         out = self(batch, lengths=lengths)
         loss = self.task_loss(out.logits, batch["labels"])
-        metrics.update(self.predictions(out.logits), batch["labels"])
+        self.update_metrics(metrics, out.logits, batch)
         rep = self._macs.setdefault(
             split, MacsReport(self.dims, max_length=self._max_length(), problem=self.task.problem))
         rep.update(out.encoder.input_lengths, out.encoder.kept)

@@ -33,7 +33,6 @@ from dyntok.search import (
     best_under_budget,
     constant_ratio_gene,
     gene_to_config,
-    pareto_frontier,
 )
 
 log = logging.getLogger("dyntok")
@@ -191,16 +190,22 @@ class LengthDropModule(TaskModule):
 
     # ---- search ------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def score(self, batches: list[dict[str, torch.Tensor]], cfg: LengthConfig | None, model=None) -> float:
-        """Task main metric of ``model`` (default: this one) on pre-collated batches with ``cfg``."""
+    def score(self, batches: list[dict[str, torch.Tensor]], cfg: LengthConfig | None, model=None,
+              metrics=None) -> float:
+        """Task main metric of ``model`` (default: this one) on pre-collated batches with ``cfg``.
+
+        ``metrics``: the collection to fill (reset first), default a fresh ``task.metrics()``; span tasks pass
+        one bound to the batches' split (:meth:`TaskModule.split_metrics`).
+        """
         model = model or self.model
         was_training = model.training
         model.eval()
-        metrics = self.task.metrics().to(self.device)
+        metrics = metrics if metrics is not None else self.task.metrics().to(self.device)
+        metrics.reset()
         for b in batches:
             lengths = cfg.resolve(b["attention_mask"].sum(1)) if cfg is not None else None
             out = model(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), lengths=lengths)
-            metrics.update(self.predictions(out.logits), b["labels"])
+            self.update_metrics(metrics, out.logits, b)
         model.train(was_training)
         return float(metrics.compute()[self.task.main_metric])
 
@@ -220,6 +225,7 @@ class LengthDropModule(TaskModule):
         ref = int(datamodule.hparams.max_length)
         L = self.model.num_layers
         batches = self._batches(datamodule, s["split"], s["max_examples"])
+        metrics = self.split_metrics(s["split"], datamodule)
         lengths = torch.cat([b["attention_mask"].sum(1) for b in batches]).cpu()
         full_macs = float(length_config_macs(self.dims, LengthConfig.full(L), lengths).mean())
 
@@ -231,7 +237,7 @@ class LengthDropModule(TaskModule):
                 "length_drop_prob": self.p, "checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None)}
         store = SearchStore(store_path, meta={k: v for k, v in meta.items() if k != "checkpoint"})
         search = EvolutionarySearch(
-            lambda g: self.score(batches, gene_to_config(g, ref)), macs, L, ref, self.p,
+            lambda g: self.score(batches, gene_to_config(g, ref), metrics=metrics), macs, L, ref, self.p,
             s["population"], s["iterations"], s["mutations"], s["crossovers"], s["mutation_prob"], s["seed"], store,
         )
         result = search.run()
@@ -267,13 +273,14 @@ class LengthDropModule(TaskModule):
         if self.search_cfg["curves"]:
             split = self.task.test_splits[0]
             batches = self._batches(datamodule, split, None)
+            metrics = self.split_metrics(split, datamodule)
             lengths = torch.cat([b["attention_mask"].sum(1) for b in batches]).cpu()
             L = self.model.num_layers
             full = float(length_config_macs(self.dims, LengthConfig.full(L), lengths).mean())
 
             def point(cfg: LengthConfig, model=None) -> tuple[float, float]:
                 m = float(length_config_macs(self.dims, cfg, lengths).mean())
-                return m / full, self.score(batches, cfg, model)
+                return m / full, self.score(batches, cfg, model, metrics)
 
             for r in rows:
                 r["macs_ratio_test"], r[f"{split}_score"] = point(gene_to_config(tuple(r["gene"]), ref))
