@@ -65,8 +65,11 @@ class TaskSpec:
         """True for sentence-pair tasks (two text fields)."""
         return len(self.text_keys) == 2
 
-    def metrics(self, prefix: str = "") -> torchmetrics.MetricCollection:
+    def metrics(self, prefix: str = "", sync_on_compute: bool = True) -> torchmetrics.MetricCollection:
         """A fresh collection of this task's metrics, keyed ``prefix + name`` (e.g. ``"val/accuracy"``).
+
+        ``sync_on_compute=False`` for metrics one process computes alone (e.g. the search on rank zero),
+        which must not wait for the other DDP ranks.
 
         Inputs follow the module docstring: classification ``preds`` int (B,) from ``argmax(-1)`` and
         ``target`` long (B,); regression ``preds`` and ``target`` float (B,). Binary F1 and MCC treat
@@ -78,10 +81,12 @@ class TaskSpec:
         if self.problem == "span":  # one metric post-processes the windows and reports all of its names
             from dyntok.squad import SquadMetric
 
-            return torchmetrics.MetricCollection({"squad": SquadMetric()}, prefix=prefix)
-        return torchmetrics.MetricCollection(
-            {name: _build_metric(self, name) for name in self.metric_names}, prefix=prefix
-        )
+            return torchmetrics.MetricCollection({"squad": SquadMetric(sync_on_compute=sync_on_compute)},
+                                                 prefix=prefix)
+        metrics = {name: _build_metric(self, name) for name in self.metric_names}
+        for m in metrics.values():
+            m.sync_on_compute = m._to_sync = sync_on_compute  # _to_sync: what compute() reads
+        return torchmetrics.MetricCollection(metrics, prefix=prefix)
 
 
 def _build_metric(spec: TaskSpec, name: str) -> torchmetrics.Metric:

@@ -201,6 +201,8 @@ class LengthDropModule(TaskModule):
         was_training = model.training
         model.eval()
         metrics = metrics if metrics is not None else self.task.metrics().to(self.device)
+        for m in metrics.values():  # scored by one process alone: no DDP sync (it would wait forever)
+            m.sync_on_compute = m._to_sync = False
         metrics.reset()
         for b in batches:
             lengths = cfg.resolve(b["attention_mask"].sum(1)) if cfg is not None else None
