@@ -247,3 +247,19 @@ def test_bad_lengths_shape_raises(tiny_model, tokenizer):
     b = _batch(tokenizer, TEXTS)
     with pytest.raises(ConfigError, match="lengths must have shape"):
         tiny_model.encoder(b["input_ids"], b["attention_mask"], lengths=torch.ones(3, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("include_diagonal", [True, False])
+@pytest.mark.parametrize("chunk_bytes", [64, 1 << 30])
+def test_chunked_attention_equals_one_big_softmax(include_diagonal, chunk_bytes):
+    from dyntok.encoder import attention_with_scores
+
+    torch.manual_seed(0)
+    B, H, K, dh = 3, 4, 9, 8
+    q, k, v = (torch.randn(B, H, K, dh) for _ in range(3))
+    mask = torch.tensor([[True] * 9, [True] * 5 + [False] * 4, [True] * 2 + [False] * 7])
+    logits = (q @ k.transpose(-1, -2)) * dh**-0.5
+    probs = logits.masked_fill(~mask[:, None, None, :], torch.finfo(logits.dtype).min).softmax(-1)
+    ctx, scores = attention_with_scores(q, k, v, mask, include_diagonal=include_diagonal, chunk_bytes=chunk_bytes)
+    assert torch.allclose(ctx, probs @ v, atol=1e-6)
+    assert torch.allclose(scores, significance_scores(probs, mask, include_diagonal), atol=1e-5)

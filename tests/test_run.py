@@ -128,8 +128,8 @@ def test_malformed_tsv_names_file_and_line(tmp_path):
 @pytest.mark.slow
 def test_real_minilm_on_a_real_slice(tmp_path):
     """The real MiniLM, 200 real Rotten Tomatoes training sentences: learns above chance."""
-    proc = _run(["logger=csv", "data.max_train_samples=200", "data.max_eval_samples=200", "trainer.max_epochs=2",
-                 "method.lr=5e-5"], tmp_path / "run", timeout=900)
+    proc = _run(["logger=csv", "data.max_train_samples=200", "data.max_eval_samples=200", "trainer.max_epochs=3",
+                 "data.batch_size=16", "method.lr=1e-4"], tmp_path / "run", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     test = json.loads((tmp_path / "run" / "results.json").read_text())["splits"]["test"]
     assert test["accuracy"] > 0.6
