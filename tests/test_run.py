@@ -127,9 +127,9 @@ def test_malformed_tsv_names_file_and_line(tmp_path):
 
 @pytest.mark.slow
 def test_real_minilm_on_a_real_slice(tmp_path):
-    """The real MiniLM, 200 real Rotten Tomatoes training sentences: learns above chance."""
-    proc = _run(["logger=csv", "data.max_train_samples=200", "data.max_eval_samples=200", "trainer.max_epochs=3",
-                 "data.batch_size=16", "method.lr=1e-4"], tmp_path / "run", timeout=900)
+    """The real MiniLM, 1,000 real Rotten Tomatoes training sentences: learns well above chance."""
+    proc = _run(["logger=csv", "data.max_train_samples=1000", "data.max_eval_samples=200", "trainer.max_epochs=2",
+                 "method.lr=1e-4"], tmp_path / "run", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     test = json.loads((tmp_path / "run" / "results.json").read_text())["splits"]["test"]
-    assert test["accuracy"] > 0.6
+    assert test["accuracy"] > 0.65
