@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# SST-2 accuracy/compute trade-off with MiniLM, every method on the same recipe (16,000 training
+# sentences, 2 epochs), reported on the SST-2 dev set:
+#   full fine-tuning -> untrained extraction -> gates over a lambda grid -> LengthDrop + search.
+# Usage: benchmarks/sst2_tradeoff.sh [DATA_DIR=../shared/data/glue] [OUT=runs/sst2]
+# Every stage skips work already done (results.json present), so a killed run is resumed by rerunning.
+set -euo pipefail
+DATA=${1:-../shared/data/glue}
+OUT=${2:-runs/sst2}
+PY=${PYTHON:-.venv/bin/python}
+export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+COMMON=(task=sst2 "data_dir=$DATA" data.max_train_samples=16000 data.length_bucketing=true logger=csv)
+
+run() {  # run <dir> <overrides...>: one dyntok.run unless <dir>/results.json exists
+  local dir=$1; shift
+  [ -f "$dir/results.json" ] && return 0
+  "$PY" -m dyntok.run "${COMMON[@]}" "$@" "hydra.run.dir=$dir"
+}
+
+run "$OUT/full" label=full
+for r in 0.9 0.7 0.5 0.4 0.3; do
+  run "$OUT/extract/keep2_$r" train=false "init_from=$OUT/full" "eval_length_config=[1,1,$r,$r,$r,$r]" \
+      label="extraction (layers 1-2 whole)"
+  run "$OUT/extract/const_$r" train=false "init_from=$OUT/full" "eval_length_config=$r" \
+      label="extraction (constant ratio)"
+done
+for lam in 0.5 1.5 4.0 10.0; do
+  run "$OUT/gates/lam_$lam" method=gates "regularizer.lambda=$lam" regularizer.mu=0.1 label=gates
+done
+run "$OUT/lengthdrop" method=lengthdrop "init_from=$OUT/full" trainer.max_epochs=2 method.layer_drop=0.0 \
+    label="lengthdrop (searched)"
+"$PY" -m dyntok.report "$OUT" --split test --out docs/sst2_tradeoff
