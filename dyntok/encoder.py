@@ -182,6 +182,19 @@ def attention_with_scores(
     return ctx, scores.sum(1) if head_reduce == "sum" else scores.mean(1)
 
 
+def significance_order(
+    scores: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep_cls: bool
+) -> torch.Tensor:
+    """(B, K) indices from most to least significant: padding last, [CLS] first if ``keep_cls``.
+
+    The sort is stable, so ties go to the earlier index; selection and gate ranks share this one order.
+    """
+    s = scores.masked_fill(~mask, float("-inf"))
+    if keep_cls:
+        s = s.masked_fill(positions == 0, float("inf"))
+    return s.argsort(dim=1, descending=True, stable=True)
+
+
 def select_tokens(
     scores: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, keep_cls: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,22 +211,15 @@ def select_tokens(
         index (B, K') long into the current K (K' = keep.max(), in descending significance) and the new
         (B, K') bool mask (True for the first keep[b] entries of row b).
     """
-    s = scores.masked_fill(~mask, float("-inf"))
-    if keep_cls:
-        s = s.masked_fill(positions == 0, float("inf"))
     k_new = int(keep.max())
-    # Stable sort: ties go to the earlier position, the same order as rank_of.
-    index = s.argsort(dim=1, descending=True, stable=True)[:, :k_new]
+    index = significance_order(scores, mask, positions, keep_cls)[:, :k_new]
     new_mask = torch.arange(k_new, device=keep.device)[None, :] < keep[:, None]
     return index, new_mask
 
 
 def rank_of(scores: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep_cls: bool) -> torch.Tensor:
     """(B, K) long significance rank of every token (0 = most significant; padding ranks last)."""
-    s = scores.masked_fill(~mask, float("-inf"))
-    if keep_cls:
-        s = s.masked_fill(positions == 0, float("inf"))
-    order = s.argsort(dim=1, descending=True, stable=True)
+    order = significance_order(scores, mask, positions, keep_cls)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(order.size(1), device=order.device).expand_as(order))
     return ranks

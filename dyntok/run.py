@@ -193,17 +193,21 @@ def _best_score(ckpt_cb, best: str | None) -> float | None:
     return None
 
 
+def _target(node: DictConfig) -> tuple[type, dict[str, Any]]:
+    """``node._target_`` as a class, and the node's other keys resolved."""
+    params = OmegaConf.to_container(node, resolve=True)
+    return hydra.utils.get_class(params.pop("_target_")), params
+
+
 def instantiate(node: DictConfig, **extra: Any) -> Any:
     """Call ``node._target_`` with the node's other keys; errors propagate unwrapped (one clear line)."""
-    params = OmegaConf.to_container(node, resolve=True)
-    cls = hydra.utils.get_class(params.pop("_target_"))
+    cls, params = _target(node)
     return cls(**params, **extra)
 
 
 def build_method(cfg: DictConfig, model, task):
     """The method's LightningModule from the ``method`` group (and ``regularizer`` for gates)."""
-    params = OmegaConf.to_container(cfg.method, resolve=True)
-    cls = hydra.utils.get_class(params.pop("_target_"))
+    cls, params = _target(cfg.method)
     params.pop("name", None)
     if cls.__name__ == "GatesModule":
         params["regularizer"] = OmegaConf.to_container(cfg.regularizer, resolve=True)
