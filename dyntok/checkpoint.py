@@ -34,16 +34,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_init_weights(module, path: str | Path) -> dict[str, Any]:
-    """Copy the task model's weights from a dyntok checkpoint into ``module.model`` (``init_from=``).
+_METHOD_NAMES = {"FullFineTuning": "full", "GatesModule": "gates", "LengthDropModule": "lengthdrop"}
 
-    Only ``model.*`` weights are taken, so a ``method=full`` checkpoint initialises gates or LengthDrop.
 
-    Raises:
-        CheckpointError: different task head, depth or width, or missing weights.
-    """
-    state = read_checkpoint(path)
+def _check_model_and_task(state: dict[str, Any], module, model_name: str | None = None) -> dict[str, Any]:
     meta = state["dyntok"]
+    saved_model = ((meta.get("config") or {}).get("model") or {}).get("name")
+    if model_name and saved_model and saved_model != model_name:
+        raise CheckpointError(f"{state['path']}: checkpoint is for model={saved_model}, this run has model={model_name}")
     if meta.get("num_layers") != module.model.num_layers or meta.get("hidden_size") != module.model.encoder.hidden_size:
         raise CheckpointError(
             f"{state['path']}: checkpoint model has {meta.get('num_layers')} layers x {meta.get('hidden_size')}, "
@@ -54,6 +52,46 @@ def load_init_weights(module, path: str | Path) -> dict[str, Any]:
             f"{state['path']}: checkpoint is for task {meta.get('task')} ({meta.get('problem')}, "
             f"{meta.get('num_labels')} labels), this run is {module.task.name} "
             f"({module.task.problem}, {module.model.num_labels} labels)"
+        )
+    return meta
+
+
+def _method_name(cls_name: str | None) -> str:
+    return _METHOD_NAMES.get(cls_name or "", str(cls_name))
+
+
+def check_resumable(path: str | Path, module, model_name: str | None = None) -> None:
+    """Refuse to resume training (``ckpt_path=`` or ``last.ckpt``) from another method, model or task.
+
+    Raises:
+        CheckpointError: naming the checkpoint and what differs.
+    """
+    state = read_checkpoint(path)
+    meta = _check_model_and_task(state, module, model_name)
+    if meta.get("method") != type(module).__name__:
+        raise CheckpointError(
+            f"{state['path']}: checkpoint of method={_method_name(meta.get('method'))} cannot resume "
+            f"method={_method_name(type(module).__name__)} (start from it with init_from= instead)"
+        )
+
+
+def load_init_weights(module, path: str | Path, model_name: str | None = None) -> dict[str, Any]:
+    """Copy the task model's weights from a dyntok checkpoint into ``module`` (``init_from=``).
+
+    From the same method everything is loaded (gates too, and the length configuration it chose); from a
+    ``method=full`` checkpoint only the ``model.*`` weights, which is how gates and LengthDrop start from
+    a fine-tuned model. Any other pairing would silently drop what the checkpoint learned, so it is refused.
+
+    Raises:
+        CheckpointError: another model (name, depth or width), task head, method, or missing weights.
+    """
+    state = read_checkpoint(path)
+    meta = _check_model_and_task(state, module, model_name)
+    if meta.get("method") not in (type(module).__name__, "FullFineTuning"):
+        raise CheckpointError(
+            f"{state['path']}: a method={_method_name(meta.get('method'))} checkpoint cannot initialise "
+            f"method={_method_name(type(module).__name__)} (only the same method or method=full can); "
+            f"evaluate it with method={_method_name(meta.get('method'))}"
         )
     if meta.get("method") == type(module).__name__:
         # Same method: everything it learned (gates too), and what it chose (length configuration).

@@ -53,7 +53,7 @@ from typing import Any
 import lightning
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dyntok.errors import ConfigError, DataError
 from dyntok.model import resolve_pretrained
@@ -457,6 +457,10 @@ class BucketBatchSampler(Sampler[list[int]]):
     new epoch (``set_epoch`` sets the counter); the order depends only on ``seed`` and the epoch.
     Under DDP (``num_replicas`` processes) process ``rank`` takes every ``num_replicas``-th batch of that
     order, which is first extended with its own beginning so that every process takes as many steps.
+    ``chunk_batches=1`` is plain shuffling (random batches, no length sorting).
+
+    Resuming mid-epoch: :meth:`skip_next` makes the next ``iter()`` of that epoch leave out the batches
+    already trained on, so a resumed run sees the same batches as an uninterrupted one.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, chunk_batches: int = 50,
@@ -465,9 +469,14 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.lengths, self.batch_size, self.seed, self.chunk_batches = np.asarray(lengths), batch_size, seed, chunk_batches
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
+        self._skip: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_next(self, epoch: int, batches: int) -> None:
+        """Leave out the first ``batches`` batches when epoch ``epoch`` is iterated next."""
+        self._skip = (epoch, batches)
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.num_replicas)
@@ -484,6 +493,9 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches += [part[i : i + self.batch_size].tolist() for i in range(0, len(part), self.batch_size)]
         order = rng.permutation(len(batches))
         order = np.resize(order, len(self) * self.num_replicas)[self.rank :: self.num_replicas]
+        skip, self._skip = self._skip, None
+        if skip is not None and skip[0] == self.epoch - 1:
+            order = order[skip[1]:]
         for k in order:
             yield batches[k]
 
@@ -567,6 +579,7 @@ class DynTokDataModule(lightning.LightningDataModule):
             raise ConfigError(f"data.validation_size={v!r}: expected a fraction in (0, 1) or a count >= 1")
         self._tokenizer = None
         self._splits: dict[str, TokenizedSplit] | None = None
+        self._resume_batches: tuple[int, int] | None = None
 
     # ---- public API -------------------------------------------------------------------------------
 
@@ -671,24 +684,38 @@ class DynTokDataModule(lightning.LightningDataModule):
             # a process without a batch would skip the epoch-end metric sync the others wait in
             raise ConfigError(f"split {split} has {len(data)} examples, fewer than the {num_replicas} DDP "
                               "processes (trainer.devices x trainer.num_nodes)")
-        if shuffle and hp.length_bucketing:
-            loader_args = {"batch_sampler": BucketBatchSampler(data.lengths, size, seed=hp.seed,
-                                                               num_replicas=num_replicas, rank=rank)}
-        elif shuffle and num_replicas > 1:
-            sampler = DistributedSampler(data, num_replicas=num_replicas, rank=rank, shuffle=True, seed=hp.seed)
-            loader_args = {"batch_size": size, "sampler": sampler}
-        elif shuffle:
-            gen = torch.Generator().manual_seed(hp.seed)
-            loader_args = {"batch_size": size, "shuffle": True, "generator": gen}
+        if shuffle:
+            # The order depends on (seed, epoch) only, never on global RNG state: a resumed run replays it.
+            sampler = BucketBatchSampler(data.lengths, size, seed=hp.seed, num_replicas=num_replicas, rank=rank,
+                                         chunk_batches=50 if hp.length_bucketing else 1)
+            if split == "train" and self._resume_batches is not None:
+                sampler.skip_next(*self._resume_batches)
+                self._resume_batches = None
         else:
-            loader_args = {"batch_sampler": SortedBatchSampler(data.lengths, size, num_replicas, rank)}
+            sampler = SortedBatchSampler(data.lengths, size, num_replicas, rank)
         return DataLoader(
-            data, collate_fn=PadCollator(self._pad_id(), self.task.problem == "regression"),
-            num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0, **loader_args,
+            data, batch_sampler=sampler, collate_fn=PadCollator(self._pad_id(), self.task.problem == "regression"),
+            num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
+            # a private generator: creating an iterator must not draw from the global RNG (dropout's)
+            generator=torch.Generator().manual_seed(hp.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
         return self.dataloader("train", shuffle=True, **self._replicas())
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: the epoch and the batches of it already trained on (mid-epoch resume)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        loop = trainer.fit_loop
+        return {"epoch": int(loop.epoch_progress.current.processed),
+                "batches": int(loop.epoch_loop.batch_progress.current.processed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """On resume: the next training epoch ``state["epoch"]`` leaves out its first ``state["batches"]``."""
+        if state and state.get("batches"):
+            self._resume_batches = (int(state["epoch"]), int(state["batches"]))
 
     def val_dataloader(self) -> DataLoader:
         return self.dataloader("validation", **self._replicas())

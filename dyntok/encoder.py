@@ -144,6 +144,7 @@ def attention_with_scores(
     include_diagonal: bool = True,
     head_reduce: Literal["sum", "mean"] = "sum",
     chunk_bytes: int | None = None,
+    key_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Explicit attention that also returns significance scores, in cache-sized (batch x head) chunks.
 
@@ -154,6 +155,9 @@ def attention_with_scores(
 
     Args:
         q, k, v: (B, H, K, dh); mask: (B, K) bool, True for real tokens.
+        key_weight: (B, K) in [0, 1] or None: each key's attention probability is multiplied by its
+            weight and the row renormalised (weight 0 = the key is gone, 1 = untouched; the soft form of
+            token removal that rank gates train through).
 
     Returns:
         context (B, H, K, dh) and scores (B, K).
@@ -164,6 +168,7 @@ def attention_with_scores(
     bias = torch.zeros(B, 1, K, dtype=q.dtype, device=q.device)
     bias = bias.masked_fill(~mask[:, None, :], torch.finfo(q.dtype).min).repeat_interleave(H, 0)
     qmask = mask.to(q.dtype)[:, None, :].repeat_interleave(H, 0)  # (n, 1, Q)
+    kw = key_weight.to(q.dtype)[:, None, :].repeat_interleave(H, 0) if key_weight is not None else None
     qf, kt, vf = q.reshape(n, Q, dh), k.reshape(n, K, dh).transpose(1, 2), v.reshape(n, K, dh)
     if chunk_bytes is None:
         chunk_bytes = ATTN_CHUNK_BYTES if q.device.type == "cpu" else 1 << 62
@@ -172,6 +177,9 @@ def attention_with_scores(
     for i in range(0, n, step):
         sl = slice(i, i + step)
         probs = torch.baddbmm(bias[sl], qf[sl], kt[sl], alpha=dh**-0.5).softmax(-1)
+        if kw is not None:
+            probs = probs * kw[sl]
+            probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
         col = torch.bmm(qmask[sl], probs)  # (c, 1, K): attention received from real queries
         if not include_diagonal and Q == K:
             col = col - (torch.diagonal(probs, dim1=1, dim2=2) * qmask[sl].squeeze(1)).unsqueeze(1)
@@ -313,8 +321,9 @@ class TokenDroppingEncoder(nn.Module):
             restore: Drop-and-Restore; the output then has all T positions in input order.
             skip_layers: L bools, True skips that layer (LayerDrop); a skipped layer keeps every token.
             rank_gates: L entries of None or a (T_max,) gate vector: the token of significance rank k
-                is multiplied by g[k] after the attention sub-layer (soft gates, Jeong & Kwak 2021).
-                T_max must be >= T.
+                leaves layer j with weight g[k] (Jeong & Kwak 2021): in later layers its attention
+                probability as a key is multiplied by the product of its gates so far (0 = dropped, as the
+                physical gather at inference; 1 = kept). T_max must be >= T.
 
         Returns:
             :class:`EncoderOutput`.
@@ -325,6 +334,7 @@ class TokenDroppingEncoder(nn.Module):
         h = self.embed(input_ids, token_type_ids)
         positions = torch.arange(T, device=h.device).expand(B, T)
         buffer = h if restore else None
+        key_weight: torch.Tensor | None = None  # product of the rank gates so far (training with gates)
         counts = real
         kept = []
         # Targets live on the host too (one sync per forward): whether a layer drops anything decides
@@ -344,13 +354,13 @@ class TokenDroppingEncoder(nn.Module):
             if lengths is not None:
                 t_j = [min(t, c) for t, c in zip(host_targets[j], host_counts, strict=True)]
                 drop = any(t < c for t, c in zip(t_j, host_counts, strict=True))
-            a, scores = self._attention(parts, h, mask, need_scores=drop or gate is not None)
+            a, scores = self._attention(parts, h, mask, need_scores=drop or gate is not None, key_weight=key_weight)
             if gate is not None:
                 ranks = rank_of(scores, mask, positions, keep_cls)
                 g = gate[ranks]
                 if keep_cls:
                     g = torch.where(positions == 0, torch.ones_like(g), g)
-                a = a * g.unsqueeze(-1)
+                key_weight = g if key_weight is None else key_weight * g
             if drop:
                 target = torch.minimum(lengths[:, j], counts)
                 index, mask = select_tokens(scores, mask, positions, target, keep_cls)
@@ -370,11 +380,13 @@ class TokenDroppingEncoder(nn.Module):
         return EncoderOutput(h, mask, positions, kept_t, real)
 
     def _attention(
-        self, p: LayerParts, h: torch.Tensor, mask: torch.Tensor, need_scores: bool
+        self, p: LayerParts, h: torch.Tensor, mask: torch.Tensor, need_scores: bool,
+        key_weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Self-attention sub-layer with residual and LayerNorm; also significance scores if asked.
 
-        h: (B, K, d), mask: (B, K) bool. Returns (B, K, d) and (B, K) scores or None.
+        h: (B, K, d), mask: (B, K) bool, key_weight: (B, K) or None (rank gates, see
+        :func:`attention_with_scores`). Returns (B, K, d) and (B, K) scores or None.
         """
         B, K, _ = h.shape
         H, dh = self.num_heads, self.head_dim
@@ -385,16 +397,20 @@ class TokenDroppingEncoder(nn.Module):
         q, k, v = heads(p.q(h)), heads(p.k(h)), heads(p.v(h))
         drop_p = p.attn_dropout_p if self.training else 0.0
         scores = None
-        if need_scores and self.significance == "all_queries":
+        if key_weight is not None or (need_scores and self.significance == "all_queries"):
+            # explicit probabilities: rank gates reweight them, significance scores read them
             ctx, scores = attention_with_scores(q, k, v, mask, drop_p, self.training, self.include_diagonal,
-                                                self.head_reduce)
+                                                self.head_reduce, key_weight=key_weight)
         else:
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=drop_p)
-            if need_scores:
-                # [CLS] query row only: O(K d) extra, the fused kernel does the rest.
-                row = (q[:, :, :1] @ k.transpose(-1, -2)) * dh**-0.5
-                row = row.masked_fill(~mask[:, None, None, :], torch.finfo(row.dtype).min).softmax(-1)
-                scores = significance_scores(row, mask[:, :1], True, self.head_reduce)
+        if need_scores and self.significance == "cls_query":
+            # [CLS] query row only: O(K d) extra, the fused kernel does the rest.
+            row = (q[:, :, :1] @ k.transpose(-1, -2)) * dh**-0.5
+            row = row.masked_fill(~mask[:, None, None, :], torch.finfo(row.dtype).min).softmax(-1)
+            if key_weight is not None:
+                row = row * key_weight[:, None, None, :].to(row.dtype)
+                row = row / row.sum(-1, keepdim=True).clamp_min(1e-12)
+            scores = significance_scores(row, mask[:, :1], True, self.head_reduce)
         ctx = ctx.transpose(1, 2).reshape(B, K, H * dh)
         out = p.ln_attn(p.dropout(p.o(ctx)) + h)
         return out, scores

@@ -42,6 +42,8 @@ class RankGates(nn.Module):
         threshold: a gate above it keeps its rank at inference.
         skip_first: the first ``skip_first`` layers carry no gates and keep every token (token
             rankings in the first layer are barely better than random, PAPERS.md).
+        fixed_first: rank 0 is always kept ([CLS] in classification): its gate is neither regularised
+            nor counted in the statistics.
 
     Raises:
         ConfigError: on an unknown parametrization or out-of-range value.
@@ -56,6 +58,7 @@ class RankGates(nn.Module):
         straight_through: bool = False,
         threshold: float = 0.5,
         skip_first: int = 0,
+        fixed_first: bool = False,
     ) -> None:
         super().__init__()
         if parametrization not in ("clip", "sigmoid"):
@@ -71,6 +74,7 @@ class RankGates(nn.Module):
         self.threshold = threshold
         self.skip_first = skip_first
         self.num_layers = num_layers
+        self.fixed_first = fixed_first
         n = num_layers - skip_first
         if parametrization == "clip":
             theta = torch.full((n, max_length), float(init))
@@ -108,7 +112,10 @@ class RankGates(nn.Module):
     def _usage_weights(self, real_lengths: torch.Tensor) -> torch.Tensor:
         """(T_max,) u_k: examples in the batch with a token of rank k."""
         k = torch.arange(self.max_length, device=real_lengths.device)
-        return (k[None, :] < real_lengths[:, None]).sum(0).to(self.theta.dtype)
+        u = (k[None, :] < real_lengths[:, None]).sum(0).to(self.theta.dtype)
+        if self.fixed_first:
+            u[0] = 0  # [CLS] is kept whatever its gate says
+        return u
 
     def layer_weights(self, weighting: Literal["linear", "uniform"]) -> torch.Tensor:
         j = torch.arange(self.skip_first + 1, self.num_layers + 1, dtype=self.theta.dtype, device=self.theta.device)

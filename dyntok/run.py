@@ -22,6 +22,17 @@ from dyntok.errors import DyntokError
 log = logging.getLogger("dyntok")
 
 
+def run_id(overrides: str) -> str:
+    """Folder name of a run: ``default`` without overrides, else a short hash of them (``hydra.run.dir``)."""
+    import hashlib
+
+    return hashlib.sha1(overrides.encode()).hexdigest()[:10] if overrides else "default"
+
+
+if not OmegaConf.has_resolver("run_id"):
+    OmegaConf.register_new_resolver("run_id", run_id)
+
+
 def build_model(model_cfg: DictConfig, task) -> Any:
     """The :class:`DynTokModel` a ``model`` config group entry describes, for ``task``."""
     from dyntok.model import DynTokModel
@@ -69,7 +80,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from dyntok.checkpoint import load_init_weights
+    from dyntok.callbacks import AtomicCheckpointIO, FiniteLossGuard, RngState, StepCheckpoint
+    from dyntok.checkpoint import check_resumable, load_init_weights
     from dyntok.results import flat_rows, format_table, versions, write_results
     from dyntok.tasks import get_task
 
@@ -90,7 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if OmegaConf.is_config(cfg.eval_length_config) else cfg.eval_length_config,
             model.num_layers, "eval_length_config")
     if cfg.init_from:
-        load_init_weights(module, cfg.init_from)
+        load_init_weights(module, cfg.init_from, cfg.model.name)
         module.on_init_from()
 
     ckpt_dir = run_dir / "checkpoints"
@@ -98,12 +110,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", filename="best-{step}",
                               save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
                               auto_insert_metric_name=False)
-    trainer = L.Trainer(**_trainer_kwargs(cfg), logger=_logger(cfg),
-                        callbacks=[ckpt_cb, *module.extra_callbacks()], default_root_dir=str(run_dir))
+    callbacks = [FiniteLossGuard(), RngState(), ckpt_cb, *module.extra_callbacks()]
+    if cfg.checkpoint.get("every_n_train_steps"):
+        callbacks.append(StepCheckpoint(ckpt_dir, cfg.checkpoint.every_n_train_steps))
+    trainer = L.Trainer(**_trainer_kwargs(cfg), logger=_logger(cfg), callbacks=callbacks,
+                        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
     ckpt_path = cfg.ckpt_path
     if ckpt_path is None and cfg.resume and (ckpt_dir / "last.ckpt").exists():
         ckpt_path = str(ckpt_dir / "last.ckpt")
         log.info("resuming from %s", ckpt_path)
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, module, cfg.model.name)
     if cfg.train:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     elif not cfg.init_from:

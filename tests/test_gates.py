@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from dyntok.encoder import rank_of, significance_scores
 from dyntok.errors import ConfigError
 from dyntok.gates import RankGates
 from dyntok.model import DynTokModel
@@ -17,26 +16,40 @@ from tests.test_run import TINY, _run
 TEXTS = ["a gorgeous, witty, seductive movie about nothing much", "dull and long"]
 
 
-def test_gate_scales_the_token_of_its_rank(tokenizer):
-    """One layer: zeroing the gate of rank k changes the token of rank k and no other token."""
+def test_closed_gates_train_as_the_physical_drop(tokenizer):
+    """Gates closed from rank m in layer 1 (soft form: key weights 0 in later layers) give the same [CLS]
+    output and logits as physically keeping the top-m tokens after layer 1."""
     torch.manual_seed(0)
-    model = DynTokModel.from_pretrained(None, "classification", 2, config={**TINY_BERT, "num_hidden_layers": 1}).eval()
-    model.encoder.backbone.set_attn_implementation("eager")
+    model = DynTokModel.from_pretrained(None, "classification", 2, config={**TINY_BERT, "num_hidden_layers": 3}).eval()
     b = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    T = b["input_ids"].size(1)
-    k = 2
+    T, m = b["input_ids"].size(1), 3
     gate = torch.ones(T)
-    gate[k] = 0.0
+    gate[m:] = 0.0
+    real = b["attention_mask"].sum(1)
+    lengths = torch.stack([real.clamp(max=m)] * 3, dim=1)
     with torch.no_grad():
-        plain = model.encoder(b["input_ids"], b["attention_mask"], b["token_type_ids"]).hidden
-        gated = model.encoder(b["input_ids"], b["attention_mask"], b["token_type_ids"], rank_gates=[gate]).hidden
-        layer = model.encoder.backbone.encoder.layer[0]
-        h = model.encoder.embed(b["input_ids"], b["token_type_ids"])
-        mask = b["attention_mask"].bool()
-        _, probs = layer.attention(h, (~mask)[:, None, None, :].float() * torch.finfo(torch.float32).min)
-        ranks = rank_of(significance_scores(probs, mask), mask, torch.arange(T).expand_as(mask), keep_cls=True)
-    changed = (plain - gated).abs().amax(-1) > 1e-6
-    assert torch.equal(changed, ranks == k)
+        plain = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        gated = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], rank_gates=[gate, None, None])
+        dropped = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], lengths=lengths)
+    assert torch.allclose(gated.encoder.cls, dropped.encoder.cls, atol=1e-5)
+    assert torch.allclose(gated.logits, dropped.logits, atol=1e-5)
+    assert not torch.allclose(plain.encoder.cls, gated.encoder.cls, atol=1e-3)  # closing gates changes the model
+
+
+def test_a_half_open_gate_halves_the_keys_attention(tokenizer):
+    """g = 0.5 on rank k: that key's attention probabilities in the next layer are halved, then renormalised."""
+    from dyntok.encoder import attention_with_scores
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    w = torch.ones(2, 5)
+    w[:, 2] = 0.5
+    ctx, _ = attention_with_scores(q, k, v, mask, key_weight=w)
+    p = (q @ k.transpose(-1, -2) / 2).softmax(-1)
+    p[..., 2] *= 0.5
+    p = p / p.sum(-1, keepdim=True)
+    assert torch.allclose(ctx, p @ v, atol=1e-6)
 
 
 def test_regularizers_hand_computed():

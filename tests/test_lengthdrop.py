@@ -90,7 +90,9 @@ def test_span_distillation_is_over_positions():
 
 
 @pytest.mark.parametrize("kw", [{"length_drop_prob": 0.0}, {"layer_drop": 1.0}, {"kd_direction": "sideways"},
-                                {"search": {"budgte": 0.4}}])
+                                {"search": {"budgte": 0.4}}, {"search": {"budget": 1.5}},
+                                {"search": {"budget": 0.0, "budget_unit": "gmacs"}},
+                                {"search": {"budget_unit": "flops"}}])
 def test_bad_options_raise(kw):
     from dyntok.errors import ConfigError
 
@@ -111,5 +113,23 @@ def test_lengthdrop_run_searches_and_reports_the_chosen_configuration(tmp_path):
     assert rec["splits"]["test"]["macs_ratio"] < 1.0
     front = json.loads((run / "frontier.json").read_text())
     assert front["frontier"] and "LengthDrop model, constant ratio" in front["curves"]
+    assert all(r["ms_per_example"] > 0 and r["speedup"] > 0 for r in front["frontier"])
+    assert rec["search"]["full_ms_per_example"] > 0
     assert (run / "frontier.png").stat().st_size > 1000 and (run / "frontier.tsv").exists()
     assert (run / "search_store.jsonl").exists()
+
+
+def test_latency_budget_picks_the_best_configuration_that_is_fast_enough(tmp_path):
+    search = ["method.search.population=4", "method.search.iterations=1", "method.search.mutations=2",
+              "method.search.crossovers=2", "method.search.max_examples=16", "method.search.budget_unit=ms",
+              "method.search.budget=1000", "method.search.curves=false"]
+    proc = _run([*TINY, "method=lengthdrop", *search], tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((tmp_path / "run" / "results.json").read_text())
+    front = json.loads((tmp_path / "run" / "frontier.json").read_text())["frontier"]
+    best = max(front, key=lambda r: r["search_score"])
+    assert rec["search"]["chosen_search_score"] == best["search_score"]  # every point fits in 1 s
+    assert rec["search"]["chosen_ms_per_example"] <= 1000
+    tight = _run([*TINY, "method=lengthdrop", *search[:-2], "method.search.budget=1e-6", "method.search.curves=false"],
+                 tmp_path / "tight")
+    assert tight.returncode == 2 and "ms per example: the fastest searched configuration" in tight.stderr

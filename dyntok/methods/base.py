@@ -105,6 +105,13 @@ class TaskModule(L.LightningModule):
         """The length configuration used at evaluation, when it is one fixed configuration."""
         return None
 
+    def inference_lengths(self, real_lengths: torch.Tensor) -> torch.Tensor | None:
+        """(B, L) kept tokens per layer this trained model runs with (``eval_length_config`` or the
+        method's own rule, e.g. hard gates) for inputs of ``real_lengths`` (B,) tokens; None: all tokens."""
+        fixed = getattr(self, "fixed_eval_config", None)
+        cfg = fixed if fixed is not None else self.eval_length_config()
+        return cfg.resolve(real_lengths) if cfg is not None else None
+
     # ---- evaluation ------------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics, split: str) -> torch.Tensor:
         fixed = getattr(self, "fixed_eval_config", None)
@@ -229,8 +236,26 @@ class TaskModule(L.LightningModule):
             "num_labels": self.model.num_labels,
             "num_layers": self.model.num_layers,
             "hidden_size": self.model.encoder.hidden_size,
+            # to rebuild the model without its pretrained source (dyntok.load)
+            "backbone_config": self.model.encoder.backbone.config.to_dict(),
+            "tokenizer_files": self._tokenizer_files(),
             **self.summary(),
         }
+
+    def _tokenizer_files(self) -> dict[str, bytes] | None:
+        """The DataModule tokenizer's files (name -> bytes), read once; None without a DataModule."""
+        if getattr(self, "_tok_files", None) is None:
+            dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            tok = getattr(dm, "tokenizer", None)
+            if tok is None:
+                return None
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.TemporaryDirectory() as tmp:
+                tok.save_pretrained(tmp)
+                self._tok_files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+        return self._tok_files
 
     # ---- reporting -------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ reported accuracy and MACs are what inference costs.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -30,6 +31,10 @@ class GatesModule(TaskModule):
         parametrization, gate_init, straight_through, threshold, skip_first: see :class:`RankGates`.
         layer_weighting: ``linear`` (w_j = j) or ``uniform`` weights of R_sparse.
         freeze_gates_steps: training steps before the gates start to move (lets the head settle).
+        mu_ramp: ``[start, end]`` shares of the training steps: mu is 0 until ``start``, grows linearly to
+            its value at ``end`` and stays there (``[0, 0]``: constant mu). The gates first find what to
+            keep under lambda alone; the growing bi-modal pull then settles every gate at 0 or 1 while the
+            encoder still trains (gates hovering at the threshold are what hard inference cannot honour).
         Other arguments: :class:`TaskModule`.
 
     Raises:
@@ -42,19 +47,22 @@ class GatesModule(TaskModule):
                  parametrization: Literal["clip", "sigmoid"] = "clip", gate_init: float = 1.0,
                  straight_through: bool = False, threshold: float = 0.5, skip_first: int = 0,
                  layer_weighting: Literal["linear", "uniform"] = "linear", freeze_gates_steps: int = 0,
-                 **kw: Any) -> None:
+                 mu_ramp: tuple[float, float] = (0.0, 0.0), **kw: Any) -> None:
         super().__init__(*args, **kw)
         lam, mu = float(regularizer.get("lambda", 0.0)), float(regularizer.get("mu", 0.0))
         if lam < 0 or mu < 0:
             raise ConfigError(f"regularizer.lambda and regularizer.mu must be >= 0, got {lam} and {mu}")
+        if len(mu_ramp) != 2 or not 0.0 <= mu_ramp[0] <= mu_ramp[1] <= 1.0:
+            raise ConfigError(f"method.mu_ramp must be [start, end] with 0 <= start <= end <= 1, got {mu_ramp}")
         if layer_weighting not in ("linear", "uniform"):
             raise ConfigError(f"method.layer_weighting must be 'linear' or 'uniform', got {layer_weighting!r}")
         self.lam, self.mu = lam, mu
         self.gate_lr = gate_lr
         self.layer_weighting = layer_weighting
         self.freeze_gates_steps = freeze_gates_steps
+        self.mu_ramp = (float(mu_ramp[0]), float(mu_ramp[1]))
         self.gates = RankGates(self.model.num_layers, max_length, parametrization, gate_init, straight_through,
-                               threshold, skip_first)
+                               threshold, skip_first, fixed_first=self.model.keep_cls)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         real = batch["attention_mask"].sum(1)
@@ -64,17 +72,35 @@ class GatesModule(TaskModule):
         out = self(batch, rank_gates=self.gates.training_gates())
         task = self.task_loss(out.logits, batch["labels"])
         sparse, bimodal = self.gates.regularizers(real, self.layer_weighting)
-        loss = task + self.lam * sparse + self.mu * bimodal
+        mu = self.current_mu()
+        loss = task + self.lam * sparse + mu * bimodal
         bs = batch["input_ids"].size(0)
         self.log_dict({"train/loss": loss, "train/task_loss": task, "train/r_sparse": sparse,
                        "train/r_bimodal": bimodal}, prog_bar=True, batch_size=bs)
+        self.log("train/mu", mu, batch_size=bs)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def current_mu(self) -> float:
+        """mu at this step: 0 before ``mu_ramp[0]`` of training, linear up to ``mu_ramp[1]``, then constant."""
+        start, end = self.mu_ramp
+        if end == 0 or self._trainer is None:
+            return self.mu
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total <= 0:
+            return self.mu
+        t = self.global_step / total
+        return self.mu * min(1.0, max(0.0, (t - start) / max(end - start, 1e-9)))
+
+    def optimizer_step(self, *args: Any, **kw: Any) -> None:
+        super().optimizer_step(*args, **kw)
+        # Clip right after the step, before any checkpoint is written: a resumed run continues identically.
         self.gates.project_()
 
     def eval_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.gates.hard_lengths(batch["attention_mask"].sum(1))
+
+    def inference_lengths(self, real_lengths: torch.Tensor) -> torch.Tensor:
+        return self.gates.hard_lengths(real_lengths)
 
     def eval_length_config(self) -> LengthConfig:
         return self.gates.length_config(self.gates.max_length)

@@ -113,6 +113,12 @@ class LengthDropModule(TaskModule):
         if unknown:
             raise ConfigError(f"method.search: unknown keys {sorted(unknown)}; known: {sorted(SEARCH_DEFAULTS)}")
         self.search_cfg = {**SEARCH_DEFAULTS, **(search or {})}
+        unit, budget = self.search_cfg["budget_unit"], float(self.search_cfg["budget"])
+        if unit not in ("ratio", "gmacs", "ms"):
+            raise ConfigError(f"method.search.budget_unit must be 'ratio', 'gmacs' or 'ms', got {unit!r}")
+        if budget <= 0 or (unit == "ratio" and budget > 1):
+            raise ConfigError(f"method.search.budget={budget} out of range for budget_unit={unit} "
+                              "(ratio: (0, 1]; gmacs and ms: > 0)")
         self.test_config: LengthConfig | None = (
             LengthConfig.parse(length_config, self.model.num_layers, "method.length_config")
             if length_config is not None else None
@@ -183,7 +189,13 @@ class LengthDropModule(TaskModule):
     def eval_length_config(self) -> LengthConfig | None:
         return self.test_config
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["lengthdrop_rng"] = self.rng.getstate()  # mid-epoch resume samples what was next
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "lengthdrop_rng" in checkpoint:
+            self.rng.setstate(checkpoint["lengthdrop_rng"])
         meta = checkpoint.get("dyntok") or {}
         if self.test_config is None and meta.get("length_config"):
             self.test_config = LengthConfig.parse(meta["length_config"], self.model.num_layers)
@@ -243,34 +255,68 @@ class LengthDropModule(TaskModule):
             s["population"], s["iterations"], s["mutations"], s["crossovers"], s["mutation_prob"], s["seed"], store,
         )
         result = search.run()
+        # Measured latency of every frontier configuration, in this process, on the search batches.
+        latency = {p.gene: self.latency_ms(batches, gene_to_config(p.gene, ref)) for p in result.frontier}
+        full_latency = self.latency_ms(batches, None)
         budget = float(s["budget"])
         if s["budget_unit"] == "ratio":
-            max_macs = budget * full_macs
+            best = best_under_budget(result.frontier, budget * full_macs)
         elif s["budget_unit"] == "gmacs":
-            max_macs = budget * 1e9
+            best = best_under_budget(result.frontier, budget * 1e9)
+        elif s["budget_unit"] == "ms":
+            fits = [p for p in result.frontier if latency[p.gene] <= budget]
+            if not fits:
+                raise ConfigError(f"search.budget={budget} ms per example: the fastest searched configuration "
+                                  f"takes {min(latency.values()):.3f} ms (full model {full_latency:.3f} ms)")
+            best = max(fits, key=lambda p: (p.score, -p.macs))
         else:
-            raise ConfigError(f"method.search.budget_unit must be 'ratio' or 'gmacs', got {s['budget_unit']!r}")
-        best = best_under_budget(result.frontier, max_macs)
+            raise ConfigError(f"method.search.budget_unit must be 'ratio', 'gmacs' or 'ms', got {s['budget_unit']!r}")
         self.test_config = gene_to_config(best.gene, ref)
         self.search_summary = {
             "frontier_size": len(result.frontier), "evaluated": result.evaluated, "replayed_from_store": result.cached,
             "seconds": result.seconds, "evals_per_minute": result.evals_per_minute, "store": str(store_path),
             "search_split": s["split"], "search_examples": len(lengths), "budget": budget,
             "budget_unit": s["budget_unit"], "chosen_gene": list(best.gene), "chosen_search_score": best.score,
-            "chosen_macs_ratio": best.macs / full_macs,
+            "chosen_macs_ratio": best.macs / full_macs, "chosen_ms_per_example": latency[best.gene],
+            "full_ms_per_example": full_latency, "chosen_speedup": full_latency / latency[best.gene],
         }
         log.info("search: %d evaluated, %d replayed, %.1f evals/min; chosen %s (%.3fx MACs, %s %.4f on %s)",
                  result.evaluated, result.cached, result.evals_per_minute, list(best.gene), best.macs / full_macs,
                  self.task.main_metric, best.score, s["split"])
-        self._write_frontier(run_dir, result.frontier, full_macs, ref, datamodule)
+        self._write_frontier(run_dir, result.frontier, full_macs, ref, datamodule, latency, full_latency)
 
-    def _write_frontier(self, run_dir, frontier: list[Point], full_macs: float, ref: int, datamodule) -> None:
-        """Frontier TSV/JSON and the paper's three curves, scored on the first report split."""
+    @torch.inference_mode()
+    def latency_ms(self, batches: list[dict[str, torch.Tensor]], cfg: LengthConfig | None, repeats: int = 2) -> float:
+        """Milliseconds per example of ``cfg`` over ``batches`` (the best of ``repeats`` timed passes)."""
+        import time
+
+        was_training = self.model.training
+        self.model.eval()
+        n = sum(int(b["input_ids"].size(0)) for b in batches)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for b in batches:
+                lengths = cfg.resolve(b["attention_mask"].sum(1)) if cfg is not None else None
+                self.model(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), lengths=lengths)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        self.model.train(was_training)
+        return 1000.0 * best / max(n, 1)
+
+    def _write_frontier(self, run_dir, frontier: list[Point], full_macs: float, ref: int, datamodule,
+                        latency: dict | None = None, full_latency: float | None = None) -> None:
+        """Frontier TSV/JSON (with measured latency) and the paper's three curves, scored on the first
+        report split."""
         from dyntok.flops import length_config_macs
 
         run_dir = Path(run_dir)
+        latency = latency or {}
         rows = [{"gene": list(p.gene), "config": gene_to_config(p.gene, ref).describe(), "macs": p.macs,
-                 "macs_ratio": p.macs / full_macs, "search_score": p.score} for p in frontier]
+                 "macs_ratio": p.macs / full_macs, "search_score": p.score,
+                 "ms_per_example": latency.get(p.gene), "speedup": (full_latency / latency[p.gene])
+                 if p.gene in latency and full_latency else None} for p in frontier]
         curves: dict[str, list[tuple[float, float]]] = {}
         if self.search_cfg["curves"]:
             split = self.task.test_splits[0]

@@ -1,0 +1,263 @@
+"""Reliability: a killed run resumes to the same result, numerical faults stop cleanly, checkpoints refuse
+the wrong model or method."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from dyntok.callbacks import AtomicCheckpointIO, FiniteLossGuard, NumericalError, RngState, StepCheckpoint
+from dyntok.checkpoint import check_resumable, load_init_weights
+from dyntok.errors import CheckpointError, ConfigError
+from dyntok.methods.full import FullFineTuning
+from dyntok.methods.gates import GatesModule
+from dyntok.methods.lengthdrop import LengthDropModule
+from dyntok.model import DynTokModel
+from dyntok.tasks import get_task
+from tests.conftest import TINY_BERT
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# ~100 optimizer steps of the tiny model, a checkpoint every 4: long enough to be killed in the middle
+TRAIN = ["model=tiny", "logger=csv", "data.max_train_samples=400", "data.max_eval_samples=40",
+         "data.batch_size=8", "trainer.max_epochs=2", "checkpoint.every_n_train_steps=4", "model.dropout=0.1"]
+
+
+def _cmd(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "dyntok.run", *args]
+
+
+def _run_dir(cwd: Path) -> Path:
+    dirs = list((cwd / "outputs").glob("*/*/*"))
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def _kill_when(cwd: Path, args: list[str], ready, timeout: float = 240) -> None:
+    """Start the command in ``cwd`` and SIGKILL it as soon as ``ready(cwd)`` holds."""
+    proc = subprocess.Popen(_cmd(args), cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    start = time.time()
+    try:
+        while not ready(cwd):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() - start < timeout, "the run never reached the kill point"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _last_step(cwd: Path) -> int:
+    ckpts = list((cwd / "outputs").glob("*/*/*/checkpoints/last.ckpt"))
+    if not ckpts:
+        return -1
+    try:
+        return int(torch.load(ckpts[0], map_location="cpu", weights_only=False)["global_step"])
+    except Exception:  # noqa: BLE001 - a file still being renamed into place
+        return -1
+
+
+def _state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.parametrize("method", ["full", "lengthdrop"])
+def test_sigkill_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, method):
+    args = [*TRAIN, f"method={method}"]
+    if method == "lengthdrop":  # LengthDrop + LayerDrop draw from their own RNG; the search is tested below
+        args += ["method.search.enabled=false", "method.layer_drop=0.2"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    done = subprocess.run(_cmd(args), cwd=whole, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # killed mid-epoch (a step checkpoint between 4 and the end of epoch 1 = step 50), rerun as it was
+    _kill_when(killed, args, lambda cwd: _last_step(cwd) >= 8)
+    run_dir = _run_dir(killed)
+    assert not (run_dir / "results.json").exists()
+    step = int(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"])
+    assert 8 <= step < 100
+    again = subprocess.run(_cmd(args), cwd=killed, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout + again.stderr
+
+    a = json.loads((_run_dir(whole) / "results.json").read_text())
+    b = json.loads((run_dir / "results.json").read_text())
+    assert _run_dir(whole).name == run_dir.name  # same command line, same run folder
+    assert b["train_steps"] == a["train_steps"] == 100
+    assert b["splits"] == a["splits"]
+    assert b["best_val"] == a["best_val"]
+    sa, sb = _state(_run_dir(whole)), _state(run_dir)
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), [k for k in sa if not torch.equal(sa[k], sb[k])][:5]
+
+
+def test_sigkill_mid_search_then_rerun_ends_with_the_same_frontier(tmp_path):
+    args = [*TRAIN, "method=lengthdrop", "trainer.max_epochs=1", "data.max_train_samples=80",
+            "method.search.population=6", "method.search.iterations=6", "method.search.mutations=6",
+            "method.search.crossovers=6", "method.search.max_examples=40", "method.search.split=validation",
+            "method.search.budget=1.0"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    done = subprocess.run(_cmd(args), cwd=whole, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    total = len((_run_dir(whole) / "search_store.jsonl").read_text().splitlines())
+
+    def mid_search(cwd: Path) -> bool:
+        store = list((cwd / "outputs").glob("*/*/*/search_store.jsonl"))
+        return bool(store) and len(store[0].read_text().splitlines()) >= 12
+
+    _kill_when(killed, args, mid_search)
+    run_dir = _run_dir(killed)
+    assert not (run_dir / "frontier.json").exists()
+    assert 12 <= len((run_dir / "search_store.jsonl").read_text().splitlines()) < total
+    again = subprocess.run(_cmd(args), cwd=killed, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    fa = json.loads((_run_dir(whole) / "frontier.json").read_text())
+    fb = json.loads((run_dir / "frontier.json").read_text())
+    assert fb == fa
+
+
+# ---- numerical faults ----------------------------------------------------------------------------
+
+
+class _NaNAt(FullFineTuning):
+    """Full fine-tuning whose loss turns NaN at one step."""
+
+    def __init__(self, *args, nan_step: int, **kw):
+        super().__init__(*args, **kw)
+        self.nan_step = nan_step
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_step == self.nan_step else loss
+
+
+def _tiny_module(cls=FullFineTuning, **kw):
+    task = get_task("sst2")
+    model = DynTokModel.from_pretrained(None, task.problem, task.num_labels, config=TINY_BERT)
+    return cls(model, task, lr=1e-3, **kw)
+
+
+def _batches(n: int = 8, b: int = 4, t: int = 12):
+    g = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(5, 100, (b, t), generator=g), "attention_mask": torch.ones(b, t, dtype=torch.long),
+             "token_type_ids": torch.zeros(b, t, dtype=torch.long), "labels": torch.randint(0, 2, (b,), generator=g)}
+            for _ in range(n)]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    module = _tiny_module(_NaNAt, nan_step=5)
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[FiniteLossGuard(), RngState(), StepCheckpoint(tmp_path, 2)],
+                        plugins=[AtomicCheckpointIO()], default_root_dir=str(tmp_path))
+    with pytest.raises(NumericalError, match=r"loss is nan at step 5 .*last\.ckpt"):
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_batches(), batch_size=None))
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert all(torch.isfinite(p).all() for p in module.parameters())  # the NaN step never reached the weights
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_step_checkpoint_rejects_a_bad_interval(tmp_path):
+    from dyntok.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="checkpoint.every_n_train_steps"):
+        StepCheckpoint(tmp_path, 0)
+
+
+# ---- checkpoints into the wrong model or method --------------------------------------------------
+
+
+def _save(module, path: Path, model_name: str = "tiny") -> Path:
+    module.run_config = {"model": {"name": model_name}}
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+def test_full_checkpoint_initialises_gates_and_lengthdrop(tmp_path):
+    full = _save(_tiny_module(), tmp_path / "full.ckpt")
+    gates = _tiny_module(GatesModule, regularizer={"lambda": 1.0, "mu": 0.1}, max_length=16)
+    load_init_weights(gates, full, "tiny")
+    ld = _tiny_module(LengthDropModule)
+    load_init_weights(ld, full, "tiny")
+
+
+def test_another_method_or_model_is_refused(tmp_path):
+    gates_ckpt = _save(_tiny_module(GatesModule, regularizer={"lambda": 1.0, "mu": 0.1}, max_length=16),
+                       tmp_path / "gates.ckpt")
+    with pytest.raises(CheckpointError, match="method=gates checkpoint cannot initialise method=lengthdrop"):
+        load_init_weights(_tiny_module(LengthDropModule), gates_ckpt, "tiny")
+    with pytest.raises(CheckpointError, match="method=gates cannot resume method=full"):
+        check_resumable(gates_ckpt, _tiny_module(), "tiny")
+    with pytest.raises(CheckpointError, match="model=tiny, this run has model=minilm"):
+        check_resumable(gates_ckpt, _tiny_module(GatesModule, regularizer={"lambda": 1.0, "mu": 0.1},
+                                                 max_length=16), "minilm")
+    check_resumable(gates_ckpt, _tiny_module(GatesModule, regularizer={"lambda": 1.0, "mu": 0.1}, max_length=16),
+                    "tiny")
+
+
+# ---- using a checkpoint after training --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("tiny_run")
+    args = ["model=tiny", "logger=csv", "data.max_train_samples=64", "data.max_eval_samples=40",
+            "trainer.max_epochs=1", "data.batch_size=16"]
+    proc = subprocess.run(_cmd(args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _run_dir(cwd)
+
+
+def test_load_predict_gives_probabilities_labels_and_macs(tiny_run):
+    import dyntok
+
+    model = dyntok.load(tiny_run)
+    texts = ["a gorgeous, witty, seductive movie", "dull and long", "the plot is thin but the acting is fine"]
+    out = model.predict(texts, batch_size=2)
+    assert out.probabilities.shape == (3, 2)
+    assert out.probabilities.sum(1) == pytest.approx(1.0, abs=1e-5)
+    assert set(out.labels) <= set(model.task.label_names)
+    assert (out.macs > 0).all() and (out.input_lengths == [len(model.tokenizer(t)["input_ids"]) for t in texts]).all()
+    # the full model keeps every token; its encoder MACs are the baseline, the head adds a little
+    assert (out.kept == out.input_lengths[:, None]).all() and (out.macs > out.full_macs).all()
+    # a length configuration drops tokens, costs less, and comes back in input order
+    half = model.predict(texts[::-1], length_config=0.5)
+    assert (half.macs[::-1] < out.macs).all()
+    assert (half.kept[::-1][:, 0] == np.ceil(out.input_lengths * 0.5)).all()
+    with pytest.raises(ConfigError, match="single strings"):
+        model.predict([("a", "b")])
+
+
+def test_evaluate_reproduces_the_runs_test_metrics(tiny_run):
+    import dyntok
+
+    rec = json.loads((tiny_run / "results.json").read_text())
+    model = dyntok.load(Path(rec["best_checkpoint"]))
+    vals = model.evaluate("test")
+    assert vals["accuracy"] == pytest.approx(rec["splits"]["test"]["accuracy"])
+    assert vals["examples"] == rec["splits"]["test"]["examples"]
+    assert vals["macs_ratio"] == pytest.approx(1.0)
+    proc = subprocess.run([sys.executable, "-m", "dyntok.api", str(tiny_run), "--split", "validation",
+                           "--length-config", "[1, 0.5, 0.5]"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cli = json.loads(proc.stdout)
+    assert cli["split"] == "validation" and cli["macs_ratio"] < 1.0
+    bad = subprocess.run([sys.executable, "-m", "dyntok.api", str(tiny_run), "--split", "dev"],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown split 'dev'" in bad.stderr
