@@ -18,9 +18,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        cands = sorted(path.rglob("best-*.ckpt")) or sorted(path.rglob("last.ckpt"))
+        # final.ckpt: the weights and length configuration a run tested; else its best, else its last
+        cands = sorted(path.rglob("final.ckpt")) or sorted(path.rglob("best-*.ckpt")) or sorted(path.rglob("last.ckpt"))
         if not cands:
-            raise CheckpointError(f"no checkpoint (best-*.ckpt or last.ckpt) under {path}")
+            raise CheckpointError(f"no checkpoint (final.ckpt, best-*.ckpt or last.ckpt) under {path}")
         path = cands[-1]
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")

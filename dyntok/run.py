@@ -130,6 +130,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if best and module.select_best and cfg.train:
         module.load_best(best)
     module.after_fit(trainer, dm, run_dir)
+    if cfg.train:
+        # The model as tested (best or final weights, and the length configuration chosen or learned):
+        # what dyntok.load(<run dir>) and the benchmark read.
+        trainer.save_checkpoint(ckpt_dir / "final.ckpt", weights_only=True)
     if cfg.test:
         trainer.test(module, datamodule=dm, verbose=False)
         if not module.test_results:  # ddp_spawn: the test ran in worker processes; its logged metrics came back

@@ -1,0 +1,348 @@
+"""Every method side by side on one task, measured in one process: ``python -m dyntok.compare runs/sst2
+--data-dir ../shared/data/glue --out docs/sst2_benchmark``.
+
+Reads the runs under a benchmark folder (``benchmarks/sst2_tradeoff.sh`` writes them): ``method=full`` (the
+reference), untrained extraction from it (``train=false eval_length_config=...``), gates runs, and a
+LengthDrop run with its searched frontier. Then, on the report split and in this one process:
+
+- static truncation of the input to k tokens on the full model (what a user would do instead);
+- for every point: the task metric, encoder MACs per example and their ratio to the full model at each
+  input's real (untruncated) length and padded to ``max_length``, measured latency (ms per example, the best
+  of ``--repeats`` passes over length-sorted batches of ``--batch-size``) and its speed-up against the full
+  model measured in the same process;
+- training time per step of each method relative to ``method=full`` on the same batches;
+- peak memory of inference (GPU: ``torch.cuda.max_memory_allocated``; CPU: peak resident memory of a fresh
+  process per method, ``--memory``).
+
+Writes ``<out>.md`` (table, goals, the command) and ``<out>.png`` / ``<out>_speed.png`` (metric against MACs
+ratio and against measured speed-up, one curve per method), and prints one line per goal, met or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dyntok.errors import DyntokError
+
+GOAL_REDUCTION = 2.5  # fewer MACs (real-length baseline) ...
+GOAL_DROP = 1.0  # ... at most this many points below the full model
+GOAL_SPEED_SHARE = 0.8  # measured speed-up / MACs reduction
+GOAL_STEP = {"gates": 1.3, "lengthdrop": 3.0}  # training step time relative to full
+
+
+def _records(root: Path) -> list[dict[str, Any]]:
+    from dyntok.results import read_results
+
+    return [r for r in read_results([str(root)]) if r.get("status") == "ok"]
+
+
+def _batches(pred, split: str, data_dir: str | None, batch_size: int, max_examples: int | None):
+    from dyntok.data import DynTokDataModule
+
+    data_cfg = {k: v for k, v in (pred.config.get("data") or {}).items() if k != "_target_"}
+    if data_dir is not None:
+        data_cfg["data_dir"] = data_dir
+    data_cfg["tokenizer"] = pred._tokenizer_dir
+    dm = DynTokDataModule(**data_cfg)
+    eval_batches = list(dm.dataloader(split, batch_size=batch_size, max_examples=max_examples))
+    return dm, eval_batches
+
+
+def _truncate(batch: dict[str, torch.Tensor], k: int, sep_id: int) -> dict[str, torch.Tensor]:
+    """The first k tokens of every input, the last of them replaced by [SEP] where text was cut."""
+    out = {n: (v[:, :k] if v.dim() == 2 else v) for n, v in batch.items()}
+    real = batch["attention_mask"].sum(1)
+    cut = real > k
+    if bool(cut.any()):
+        ids = out["input_ids"].clone()
+        ids[cut, k - 1] = sep_id
+        out["input_ids"] = ids
+    return out
+
+
+@torch.inference_mode()
+def measure(pred, batches: list[dict[str, torch.Tensor]], length_config: Any = None, truncate: int | None = None,
+            repeats: int = 3) -> dict[str, float]:
+    """Metric, MACs and latency of one model and length configuration over ``batches``.
+
+    Returns:
+        dict with the task's main metric, ``macs_ratio`` and ``padded_macs_ratio`` (encoder MACs over the full
+        model at each input's untruncated real length, and padded to ``max_length``), ``ms_per_example``
+        (best of ``repeats`` timed passes) and ``examples``.
+    """
+    from dyntok.flops import encoder_macs, full_macs, padded_macs
+
+    module, task = pred.module, pred.task
+    dims = module.dims
+    sep = pred.tokenizer.sep_token_id if pred.tokenizer.sep_token_id is not None else 0
+    runs = [(_truncate(b, truncate, sep) if truncate else b) for b in batches]
+    metrics = task.metrics(prefix="")
+    macs = full = 0.0
+    n = 0
+    for b, orig in zip(runs, batches, strict=True):
+        real = b["attention_mask"].sum(1)
+        out = module(b, lengths=pred._lengths(real, length_config))
+        module.update_metrics(metrics, out.logits, b)
+        macs += float(encoder_macs(dims, real, out.encoder.kept).sum())
+        full += float(full_macs(dims, orig["attention_mask"].sum(1)).sum())
+        n += int(real.numel())
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for b in runs:
+            module(b, lengths=pred._lengths(b["attention_mask"].sum(1), length_config))
+        if pred.device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    vals = {k: float(v) for k, v in metrics.compute().items()}
+    return {**vals, "macs_ratio": macs / full, "padded_macs_ratio": macs / float(padded_macs(dims, pred.max_length)) / n,
+            "gmacs_per_example": macs / n / 1e9, "ms_per_example": 1000 * best / n, "examples": n}
+
+
+def train_step_ms(preds: dict[str, Any], batches: list[dict[str, torch.Tensor]], warmup: int = 2) -> dict[str, float]:
+    """Milliseconds per optimizer step (forward, backward, AdamW) of each method on the same batches."""
+    out = {}
+    for name, pred in preds.items():
+        module = pred.module
+        module.train()
+        params = [p for p in module.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-6)
+        times = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # self.log() outside a Trainer
+            for i, b in enumerate(batches):
+                start = time.perf_counter()
+                loss = module.training_step(b, i)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+        module.eval()
+        out[name] = 1000 * float(np.median(times))
+    return out
+
+
+def _peak_rss_mb(ckpt: str, split: str, data_dir: str | None, batch_size: int, max_examples: int | None) -> float:
+    """Peak resident memory (MB) of a fresh process that loads ``ckpt`` and runs it over the split."""
+    import subprocess
+
+    code = ("import resource,sys,dyntok; p=dyntok.load(sys.argv[1]); "
+            "p.evaluate(sys.argv[2], None if sys.argv[3]=='-' else sys.argv[3], int(sys.argv[4]), "
+            "max_examples=None if sys.argv[5]=='-' else int(sys.argv[5])); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", code, ckpt, split, data_dir or "-", str(batch_size),
+                           str(max_examples) if max_examples else "-"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return float("nan")
+    return int(proc.stdout.strip().splitlines()[-1]) / 1024
+
+
+def tested_checkpoint(rec: dict[str, Any]) -> str:
+    """The checkpoint a run tested: ``final.ckpt`` when written, else its best or last checkpoint."""
+    ckpts = Path(rec["path"]) / "checkpoints"
+    if (ckpts / "final.ckpt").exists():
+        return str(ckpts / "final.ckpt")
+    if rec.get("tested_weights") == "best" and rec.get("best_checkpoint"):
+        return rec["best_checkpoint"]
+    return str(ckpts / "last.ckpt")
+
+
+def _interp(curve: list[tuple[float, float]], x: float) -> float | None:
+    """Baseline metric at MACs ratio x, linear between its points (None outside their range)."""
+    pts = sorted(curve)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    import dyntok
+    from dyntok.lengths import LengthConfig
+    from dyntok.report import plot_curves
+    from dyntok.results import format_table
+    from dyntok.search import gene_to_config
+
+    root = Path(args.runs)
+    records = _records(root)
+    full_rec = next((r for r in records if r["method"] == "full" and (r.get("config") or {}).get("train", True)
+                     and (r.get("config") or {}).get("eval_length_config") is None), None)
+    if full_rec is None:
+        raise DyntokError(f"{root}: no method=full run (results.json with method full and no eval_length_config)")
+    metric = full_rec["main_metric"]
+    split = args.split
+    full_ckpt = tested_checkpoint(full_rec)
+    full = dyntok.load(full_ckpt)
+    dm, batches = _batches(full, split, args.data_dir, args.batch_size, args.max_examples)
+    print(f"{len(batches)} batches of <= {args.batch_size} ({split}); timing {args.repeats} passes per point",
+          file=sys.stderr)
+
+    points: list[dict[str, Any]] = []
+    ref = measure(full, batches, repeats=args.repeats)
+    points.append({"method": "full", "label": "full model", **ref})
+    for k in args.truncate:
+        points.append({"method": "truncation", "label": f"truncation to {k} tokens", "k": k,
+                       **measure(full, batches, truncate=k, repeats=args.repeats)})
+    preds = {"full": full}
+    for rec in records:
+        cfg = rec.get("config") or {}
+        if rec["method"] == "full" and cfg.get("eval_length_config") is not None:
+            lc = LengthConfig.parse(cfg["eval_length_config"], full.module.model.num_layers, "eval_length_config")
+            points.append({"method": "extraction", "label": rec.get("label") or "extraction",
+                           "config": lc.describe(), **measure(full, batches, lc, repeats=args.repeats)})
+        elif rec["method"] == "gates":
+            pred = dyntok.load(tested_checkpoint(rec))
+            mu = (rec.get("gates") or {}).get("mu")
+            points.append({"method": "gates" if mu else "gates (mu=0)", "label": rec.get("label") or "gates",
+                           "lambda": (rec.get("gates") or {}).get("lambda"), "mu": mu,
+                           "bimodal_share": (rec.get("gates") or {}).get("gate_bimodal_share"),
+                           **measure(pred, batches, repeats=args.repeats)})
+            preds.setdefault("gates", pred)
+        elif rec["method"] == "lengthdrop":
+            run_dir = Path(rec["path"])
+            pred = dyntok.load(tested_checkpoint(rec))
+            preds.setdefault("lengthdrop", pred)
+            ref_len = int(cfg.get("task", {}).get("max_length") or 128)
+            front = json.loads((run_dir / "frontier.json").read_text())["frontier"]
+            for row in front:
+                lc = gene_to_config(tuple(row["gene"]), ref_len)
+                points.append({"method": "lengthdrop", "label": "lengthdrop (searched)", "config": lc.describe(),
+                               **measure(pred, batches, lc, repeats=args.repeats)})
+    for p in points:
+        p["speedup"] = ref["ms_per_example"] / p["ms_per_example"]
+        p["macs_reduction"] = 1 / p["macs_ratio"]
+        p["speed_share"] = p["speedup"] / p["macs_reduction"]
+        p["delta"] = 100 * (p[metric] - ref[metric])
+
+    # training step time, same batches for every method
+    train_batches = []
+    for i, b in enumerate(dm.dataloader("train", shuffle=True)):
+        train_batches.append(b)
+        if i + 1 >= args.train_steps:
+            break
+    step_ms = train_step_ms(preds, train_batches)
+    memory = {}
+    if args.memory:
+        ckpts = {"full": full_ckpt, **{m: tested_checkpoint(next(r for r in records if r["method"] == m))
+                                      for m in preds if m != "full"}}
+        if full.device.type == "cuda":
+            memory = {}
+        else:
+            memory = {m: _peak_rss_mb(c, split, args.data_dir, args.batch_size, args.max_examples)
+                      for m, c in ckpts.items()}
+    for p in points:
+        base = p["method"].split(" ")[0]
+        p["peak_rss_mb"] = memory.get(base if base in memory else "full") if memory else None
+
+    goals = _goals(points, metric, step_ms)
+    cols = ["method", "label", "config", "lambda", metric, "delta", "macs_ratio", "macs_reduction", "padded_macs_ratio",
+            "ms_per_example", "speedup", "speed_share", "bimodal_share", "peak_rss_mb"]
+    rows = sorted(points, key=lambda p: (p["method"], p["macs_ratio"]))
+    table = format_table(rows, [c for c in cols if any(p.get(c) is not None for p in rows)])
+    steps = "\n".join(f"| {m} | {ms:.1f} | {ms / step_ms['full']:.2f}x |" for m, ms in step_ms.items())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = "python -m dyntok.compare " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    md = [f"# {full_rec['task']}: accuracy against compute, every method", "",
+          f"Produced by `{cmd}` ({time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, "
+          f"{full.device.type}). Split `{split}`, {ref['examples']} examples, batches of {args.batch_size} sorted "
+          "by length; MACs are the encoder's, ratio against the full model at each input's real length; latency "
+          "is the best of the timed passes, speed-up against the full model in the same process.", "",
+          table, "", "Training step (forward, backward, AdamW) on the same batches:", "",
+          "| method | ms / step | vs full |", "|---|---|---|", steps, "", "Goals:", "",
+          *[f"- {g}" for g in goals], "", f"![{metric} against MACs]({out.name}.png)",
+          f"![{metric} against speed-up]({out.name}_speed.png)", ""]
+    out.with_suffix(".md").write_text("\n".join(md))
+    (out.parent / f"{out.name}.json").write_text(json.dumps({"points": points, "train_step_ms": step_ms,
+                                                             "goals": goals}, indent=2, default=str))
+    curves, speed = defaultdict(list), defaultdict(list)
+    for p in points:
+        curves[p["method"]].append((p["macs_ratio"], p[metric]))
+        speed[p["method"]].append((p["speedup"], p[metric]))
+    plot_curves(curves, out.with_suffix(".png"), "MACs ratio (vs full model at real length)", metric,
+                title=f"{full_rec['task']} ({split})")
+    plot_curves(speed, out.parent / f"{out.name}_speed.png", "measured speed-up vs full model", metric,
+                title=f"{full_rec['task']} ({split}), {full.device.type}")
+    print(table)
+    print()
+    for g in goals:
+        print(g)
+    print(f"\nwrote {out.with_suffix('.md')}, {out.with_suffix('.png')}, {out.parent / (out.name + '_speed.png')}")
+    return 0
+
+
+def _goals(points: list[dict[str, Any]], metric: str, step_ms: dict[str, float]) -> list[str]:
+    """One line per goal: MET / NOT MET with the figure behind it."""
+    lines = []
+    baselines = {m: [(p["macs_ratio"], p[metric]) for p in points if p["method"] in (m, "full")]
+                 for m in ("truncation", "extraction")}
+    for method in ("gates", "lengthdrop"):
+        pts = [p for p in points if p["method"] == method]
+        if not pts:
+            lines.append(f"NOT RUN  {method}: no runs found")
+            continue
+        ok = [p for p in pts if p["delta"] >= -GOAL_DROP and p["macs_reduction"] >= GOAL_REDUCTION]
+        best = max((p for p in pts if p["delta"] >= -GOAL_DROP), key=lambda p: p["macs_reduction"], default=None)
+        fig = (f"best within {GOAL_DROP:g} point: {best['macs_reduction']:.2f}x fewer MACs at {best[metric] * 100:.2f} "
+               f"({best['delta']:+.2f})" if best else f"no point within {GOAL_DROP:g} point of the full model")
+        lines.append(f"{'MET    ' if ok else 'NOT MET'}  {method}: >= {GOAL_REDUCTION}x fewer MACs at <= "
+                     f"{GOAL_DROP:g} point drop; {fig}")
+        if best is not None:
+            share = best["speed_share"]
+            lines.append(f"{'MET    ' if share >= GOAL_SPEED_SHARE else 'NOT MET'}  {method}: measured speed-up >= "
+                         f"{GOAL_SPEED_SHARE} x MACs reduction at that point; {best['speedup']:.2f}x of "
+                         f"{best['macs_reduction']:.2f}x ({share:.2f})")
+        for base, curve in baselines.items():
+            cmp = [(p, _interp(curve, p["macs_ratio"])) for p in pts]
+            cmp = [(p, y) for p, y in cmp if y is not None]
+            below = [p for p, y in cmp if p[metric] < y]
+            if not cmp:
+                lines.append(f"NO DATA  {method} above {base}: no {base} points span its MACs ratios")
+                continue
+            lines.append(f"{'MET    ' if not below else 'NOT MET'}  {method} above {base} at every "
+                         f"equal-MACs point: {len(cmp) - len(below)} of {len(cmp)} comparable points above"
+                         + (" (below at MACs ratio " + ", ".join(f"{p['macs_ratio']:.2f}" for p in below) + ")"
+                            if below else ""))
+        if method in step_ms and "full" in step_ms:
+            r = step_ms[method] / step_ms["full"]
+            lines.append(f"{'MET    ' if r <= GOAL_STEP[method] else 'NOT MET'}  {method} training step <= "
+                         f"{GOAL_STEP[method]}x method=full: {r:.2f}x")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dyntok.compare", description=__doc__.splitlines()[0])
+    ap.add_argument("runs", help="benchmark folder with the runs (benchmarks/sst2_tradeoff.sh OUT)")
+    ap.add_argument("--data-dir", default=None, help="task data (default: the runs' data_dir)")
+    ap.add_argument("--split", default="test", help="report split (GLUE: the dev file)")
+    ap.add_argument("--out", default="docs/benchmark", help="output prefix (.md, .png, _speed.png, .json)")
+    ap.add_argument("--truncate", type=int, nargs="*", default=[8, 12, 16, 24], help="static truncation lengths")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per point (the best counts)")
+    ap.add_argument("--max-examples", type=int, default=None)
+    ap.add_argument("--train-steps", type=int, default=12, help="batches timed per method (2 warm-up)")
+    ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                    help="peak memory per method (CPU: a fresh process each)")
+    args = ap.parse_args(argv)
+    args.argv = argv
+    try:
+        return run(args)
+    except DyntokError as e:
+        print(f"dyntok: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
