@@ -26,12 +26,12 @@ for r in 0.9 0.7 0.5 0.4 0.3; do
       "label='extraction (constant ratio)'"
 done
 # gates: one more epoch from the fine-tuned model, gates and encoder together (mu ramped in at 50-90%)
-for lam in 2.5 5.0 10.0 20.0; do
+for lam in 1.5 2.5 3.5 5.0 10.0; do
   run "$OUT/gates/lam_$lam" method=gates "init_from=$OUT/full" trainer.max_epochs=1 "regularizer.lambda=$lam" \
       regularizer.mu=300 "label='gates (mu=300)'"
 done
 # the same without the bi-modal term: gates stay spread around the threshold
-run "$OUT/gates_mu0/lam_5.0" method=gates "init_from=$OUT/full" trainer.max_epochs=1 regularizer.lambda=5.0 \
+run "$OUT/gates_mu0/lam_2.5" method=gates "init_from=$OUT/full" trainer.max_epochs=1 regularizer.lambda=2.5 \
     regularizer.mu=0 "label='gates (mu=0)'"
 # LengthDrop: one epoch of sandwich training from the fine-tuned model, then the search (20/30/30/30 on
 # 1,000 held-out training sentences); p=0.35 reaches 0.33x MACs on 6 layers; no LayerDrop (see README)
