@@ -73,8 +73,10 @@ def _truncate(batch: dict[str, torch.Tensor], k: int, sep_id: int) -> dict[str, 
 
 @torch.inference_mode()
 def measure(pred, batches: list[dict[str, torch.Tensor]], length_config: Any = None, truncate: int | None = None,
-            repeats: int = 3) -> dict[str, float]:
+            repeats: int = 3, timed: list[int] | None = None) -> dict[str, float]:
     """Metric, MACs and latency of one model and length configuration over ``batches``.
+
+    ``timed``: indices of the batches the latency is measured on (default: all).
 
     Returns:
         dict with the task's main metric, ``macs_ratio`` and ``padded_macs_ratio`` (encoder MACs over the full
@@ -97,17 +99,19 @@ def measure(pred, batches: list[dict[str, torch.Tensor]], length_config: Any = N
         macs += float(encoder_macs(dims, real, out.encoder.kept).sum())
         full += float(full_macs(dims, orig["attention_mask"].sum(1)).sum())
         n += int(real.numel())
+    timed_runs = runs if timed is None else [runs[i] for i in timed]
+    n_timed = sum(int(b["input_ids"].size(0)) for b in timed_runs)
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        for b in runs:
+        for b in timed_runs:
             module(b, lengths=pred._lengths(b["attention_mask"].sum(1), length_config))
         if pred.device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     vals = {k: float(v) for k, v in metrics.compute().items()}
     return {**vals, "macs_ratio": macs / full, "padded_macs_ratio": macs / float(padded_macs(dims, pred.max_length)) / n,
-            "gmacs_per_example": macs / n / 1e9, "ms_per_example": 1000 * best / n, "examples": n}
+            "gmacs_per_example": macs / n / 1e9, "ms_per_example": 1000 * best / n_timed, "examples": n}
 
 
 def train_step_ms(preds: dict[str, Any], batches: list[dict[str, torch.Tensor]], warmup: int = 2) -> dict[str, float]:
@@ -190,36 +194,48 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
 
     points: list[dict[str, Any]] = []
-    ref = measure(full, batches, repeats=args.repeats)
-    points.append({"method": "full", "label": "full model", **ref})
+
+    def add(point: dict[str, Any]) -> None:
+        points.append(point)
+        print(f"[{len(points)}] {point['label']} {point.get('config') or ''}: {metric} {point[metric]:.4f}, "
+              f"MACs ratio {point['macs_ratio']:.3f}, {point['ms_per_example']:.3f} ms/example", file=sys.stderr)
+    # latency on an evenly spread subset of the (length-sorted) batches: every length range is in it
+    step = max(1, round(len(batches) * args.batch_size / args.time_examples)) if args.time_examples else 1
+    timed = list(range(0, len(batches), step))
+    kw = {"repeats": args.repeats, "timed": timed}
+    ref = measure(full, batches, **kw)
+    add({"method": "full", "label": "full model", **ref})
     for k in args.truncate:
-        points.append({"method": "truncation", "label": f"truncation to {k} tokens", "k": k,
-                       **measure(full, batches, truncate=k, repeats=args.repeats)})
+        add({"method": "truncation", "label": f"truncation to {k} tokens", "k": k,
+                       **measure(full, batches, truncate=k, **kw)})
     preds = {"full": full}
     for rec in records:
         cfg = rec.get("config") or {}
         if rec["method"] == "full" and cfg.get("eval_length_config") is not None:
             lc = LengthConfig.parse(cfg["eval_length_config"], full.module.model.num_layers, "eval_length_config")
-            points.append({"method": "extraction", "label": rec.get("label") or "extraction",
-                           "config": lc.describe(), **measure(full, batches, lc, repeats=args.repeats)})
+            add({"method": "extraction", "label": rec.get("label") or "extraction",
+                           "config": lc.describe(), **measure(full, batches, lc, **kw)})
         elif rec["method"] == "gates":
             pred = dyntok.load(tested_checkpoint(rec))
             mu = (rec.get("gates") or {}).get("mu")
-            points.append({"method": "gates" if mu else "gates (mu=0)", "label": rec.get("label") or "gates",
+            add({"method": "gates" if mu else "gates (mu=0)", "label": rec.get("label") or "gates",
                            "lambda": (rec.get("gates") or {}).get("lambda"), "mu": mu,
                            "bimodal_share": (rec.get("gates") or {}).get("gate_bimodal_share"),
-                           **measure(pred, batches, repeats=args.repeats)})
+                           **measure(pred, batches, **kw)})
             preds.setdefault("gates", pred)
         elif rec["method"] == "lengthdrop":
             run_dir = Path(rec["path"])
             pred = dyntok.load(tested_checkpoint(rec))
             preds.setdefault("lengthdrop", pred)
             ref_len = int(cfg.get("task", {}).get("max_length") or 128)
-            front = json.loads((run_dir / "frontier.json").read_text())["frontier"]
+            front = sorted(json.loads((run_dir / "frontier.json").read_text())["frontier"], key=lambda r: r["macs"])
+            if args.max_frontier and len(front) > args.max_frontier:  # evenly spaced, cheapest and dearest kept
+                idx = np.unique(np.linspace(0, len(front) - 1, args.max_frontier).round().astype(int))
+                front = [front[i] for i in idx]
             for row in front:
                 lc = gene_to_config(tuple(row["gene"]), ref_len)
-                points.append({"method": "lengthdrop", "label": "lengthdrop (searched)", "config": lc.describe(),
-                               **measure(pred, batches, lc, repeats=args.repeats)})
+                add({"method": "lengthdrop", "label": "lengthdrop (searched)", "config": lc.describe(),
+                               **measure(pred, batches, lc, **kw)})
     for p in points:
         p["speedup"] = ref["ms_per_example"] / p["ms_per_example"]
         p["macs_reduction"] = 1 / p["macs_ratio"]
@@ -259,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
           f"Produced by `{cmd}` ({time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, "
           f"{full.device.type}). Split `{split}`, {ref['examples']} examples, batches of {args.batch_size} sorted "
           "by length; MACs are the encoder's, ratio against the full model at each input's real length; latency "
-          "is the best of the timed passes, speed-up against the full model in the same process.", "",
+          f"is the best of {args.repeats} timed passes over {len(timed)} evenly spread batches, speed-up against "
+          "the full model in the same process.", "",
           table, "", "Training step (forward, backward, AdamW) on the same batches:", "",
           "| method | ms / step | vs full |", "|---|---|---|", steps, "", "Goals:", "",
           *[f"- {g}" for g in goals], "", f"![{metric} against MACs]({out.name}.png)",
@@ -331,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truncate", type=int, nargs="*", default=[8, 12, 16, 24], help="static truncation lengths")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per point (the best counts)")
-    ap.add_argument("--max-examples", type=int, default=None)
+    ap.add_argument("--max-examples", type=int, default=None, help="cap on the split (metric and latency)")
+    ap.add_argument("--time-examples", type=int, default=320,
+                    help="latency is timed on evenly spread batches holding about this many examples (0: all)")
+    ap.add_argument("--max-frontier", type=int, default=8, help="LengthDrop frontier points measured (0: all)")
     ap.add_argument("--train-steps", type=int, default=12, help="batches timed per method (2 warm-up)")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                     help="peak memory per method (CPU: a fresh process each)")

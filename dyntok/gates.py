@@ -3,8 +3,14 @@
 The paper's method section could not be read; this is the reconstruction in ``PAPERS.md`` with every
 choice a constructor argument:
 
-- **Mask matching**: layer j sorts its tokens by significance; the token of rank k is multiplied by the
-  gate g_j[k] after the attention sub-layer (as PoWER-BERT's soft extraction, Goyal et al. 2020, Sec. 3.4).
+- **Mask matching**: layer j sorts its tokens by significance; the token of rank k leaves layer j with
+  weight g_j[k]. In every later layer its attention probability as a key is multiplied by the product of its
+  gates so far and the row renormalised: weight 0 is exactly the physical removal done at inference, 1 is
+  no change. (Scaling the token's vector instead, as PoWER-BERT's soft extraction does, is undone by the
+  next LayerNorm: a gate of 0.05 still passed the whole token on, and hard inference fell to chance.)
+- **Straight-through** (default): the forward pass uses the hard gates (g > threshold), so training sees
+  what inference does; gradients reach the soft values, also of closed gates (a dropped token's key weight
+  still has a gradient), so a gate can reopen.
 - **Sparsity** (an L1 variant): R_sparse = sum_j w_j sum_k u_k g_j[k] / sum_j w_j sum_k u_k, where u_k is the
   number of examples in the batch that have a token of rank k (so gates no input reaches cost nothing, and
   R_sparse is the layer-weighted share of tokens kept: lambda means the same at any length or depth).
@@ -12,7 +18,9 @@ choice a constructor argument:
   start closing only where lambda > mu.
   w_j = j (``layer_weighting="linear"``, PoWER-BERT: deeper layers pay more) or 1 (``"uniform"``).
 - **Bi-modal** term (Srinivas et al. 2017): R_bimodal = the same usage-weighted mean of g (1 - g): zero at 0
-  and 1, largest at 0.5, so gates are pushed to a decision.
+  and 1, largest at 0.5, so gates are pushed to a decision. Under straight-through the task gradient flips
+  sign where a gate crosses the threshold, and gates settle there; mu is therefore ramped in late in
+  training (``GatesModule`` ``mu_ramp``) and large (300 on SST-2), so the pull away from 0.5 wins.
 - **Inference** is hard and physical: l_j = #{k < l_{j-1} : g_j[k] > threshold}, l_0 = the real length,
   so lengths are non-increasing by construction, and the encoder gathers the top-l_j tokens away.
 """

@@ -250,25 +250,8 @@ class LengthDropModule(TaskModule):
         meta = {"task": self.task.name, "split": s["split"], "examples": len(lengths), "ref_length": ref,
                 "length_drop_prob": self.p, "checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None)}
         store = SearchStore(store_path, meta={k: v for k, v in meta.items() if k != "checkpoint"})
-        # Genes are token counts of a 128-token reference, applied as ratios of each input's length: on short
-        # inputs many genes keep exactly the same tokens everywhere. Such a gene gets the score already
-        # computed for those kept lengths (inference is deterministic), without running the model again.
-        real = [b["attention_mask"].sum(1).cpu() for b in batches]
-        by_lengths: dict[bytes, float] = {}
-        same_lengths = 0
-
-        def score(gene: Gene) -> float:
-            nonlocal same_lengths
-            cfg = gene_to_config(gene, ref)
-            key = b"".join(cfg.resolve(r).numpy().tobytes() for r in real)
-            if key in by_lengths:
-                same_lengths += 1
-                return by_lengths[key]
-            by_lengths[key] = self.score(batches, cfg, metrics=metrics)
-            return by_lengths[key]
-
         search = EvolutionarySearch(
-            score, macs, L, ref, self.p,
+            lambda g: self.score(batches, gene_to_config(g, ref), metrics=metrics), macs, L, ref, self.p,
             s["population"], s["iterations"], s["mutations"], s["crossovers"], s["mutation_prob"], s["seed"], store,
         )
         result = search.run()
@@ -291,17 +274,14 @@ class LengthDropModule(TaskModule):
         self.test_config = gene_to_config(best.gene, ref)
         self.search_summary = {
             "frontier_size": len(result.frontier), "evaluated": result.evaluated, "replayed_from_store": result.cached,
-            "model_runs": result.evaluated - same_lengths, "same_kept_lengths": same_lengths,
             "seconds": result.seconds, "evals_per_minute": result.evals_per_minute, "store": str(store_path),
             "search_split": s["split"], "search_examples": len(lengths), "budget": budget,
             "budget_unit": s["budget_unit"], "chosen_gene": list(best.gene), "chosen_search_score": best.score,
             "chosen_macs_ratio": best.macs / full_macs, "chosen_ms_per_example": latency[best.gene],
             "full_ms_per_example": full_latency, "chosen_speedup": full_latency / latency[best.gene],
         }
-        log.info("search: %d evaluated (%d model runs, %d with kept lengths already scored), %d replayed, "
-                 "%.1f evals/min; chosen %s (%.3fx MACs, %s %.4f on %s)",
-                 result.evaluated, result.evaluated - same_lengths, same_lengths, result.cached,
-                 result.evals_per_minute, list(best.gene), best.macs / full_macs,
+        log.info("search: %d evaluated, %d replayed, %.1f evals/min; chosen %s (%.3fx MACs, %s %.4f on %s)",
+                 result.evaluated, result.cached, result.evals_per_minute, list(best.gene), best.macs / full_macs,
                  self.task.main_metric, best.score, s["split"])
         self._write_frontier(run_dir, result.frontier, full_macs, ref, datamodule, latency, full_latency)
 
