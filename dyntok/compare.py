@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = rec.get("config") or {}
         if rec["method"] == "full" and cfg.get("eval_length_config") is not None:
             lc = LengthConfig.parse(cfg["eval_length_config"], full.module.model.num_layers, "eval_length_config")
-            add({"method": "extraction", "label": rec.get("label") or "extraction",
+            add({"method": "extraction", "label": rec.get("label") if rec.get("label") not in (None, "full") else "extraction",
                            "config": lc.describe(), **measure(full, batches, lc, **kw)})
         elif rec["method"] == "gates":
             pred = dyntok.load(tested_checkpoint(rec))
