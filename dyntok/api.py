@@ -179,7 +179,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
     downloaded; the tokenizer comes from the files stored with it.
 
     Raises:
-        CheckpointError: not a dyntok checkpoint, or one written before architectures were stored.
+        CheckpointError: not a dyntok checkpoint, or one without its run config.
     """
     from omegaconf import OmegaConf
     from transformers import AutoConfig, AutoModel
@@ -193,17 +193,22 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
     meta = state["dyntok"]
     cfg = meta.get("config")
     arch = meta.get("backbone_config")
-    if not cfg or not arch:
-        raise CheckpointError(f"{state['path']}: no run config or backbone architecture stored; "
+    if not cfg:
+        raise CheckpointError(f"{state['path']}: no run config stored; "
                               "evaluate it with python -m dyntok.run train=false init_from=...")
     task = get_task(meta["task"])
-    arch = dict(arch)
-    hf_config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-    backbone = AutoModel.from_config(hf_config)
     m = cfg["model"]
-    encoder = TokenDroppingEncoder(backbone, m.get("significance", "all_queries"), m.get("include_diagonal", True),
-                                   m.get("head_reduce", "sum"))
-    model = DynTokModel(encoder, task.problem, task.num_labels, m.get("dropout", 0.1))
+    if arch:
+        arch = dict(arch)
+        hf_config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+        backbone = AutoModel.from_config(hf_config)
+        encoder = TokenDroppingEncoder(backbone, m.get("significance", "all_queries"),
+                                       m.get("include_diagonal", True), m.get("head_reduce", "sum"))
+        model = DynTokModel(encoder, task.problem, task.num_labels, m.get("dropout", 0.1))
+    else:  # written before architectures were stored: rebuild from the pretrained source it names
+        from dyntok.run import build_model
+
+        model = build_model(OmegaConf.create(m), task)
     module = build_method(OmegaConf.create(cfg), model, task)
     missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
     if missing:

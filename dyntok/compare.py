@@ -158,7 +158,8 @@ def tested_checkpoint(rec: dict[str, Any]) -> str:
     ckpts = Path(rec["path"]) / "checkpoints"
     if (ckpts / "final.ckpt").exists():
         return str(ckpts / "final.ckpt")
-    if rec.get("tested_weights") == "best" and rec.get("best_checkpoint"):
+    tested = rec.get("tested_weights") or ("final" if rec.get("method") == "gates" else "best")
+    if tested == "best" and rec.get("best_checkpoint"):
         return rec["best_checkpoint"]
     return str(ckpts / "last.ckpt")
 
