@@ -126,7 +126,10 @@ def test_sigkill_mid_search_then_rerun_ends_with_the_same_frontier(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     fa = json.loads((_run_dir(whole) / "frontier.json").read_text())
     fb = json.loads((run_dir / "frontier.json").read_text())
-    assert fb == fa
+    timing = ("ms_per_example", "speedup")  # measured latency differs run to run; the rest may not
+    assert [{k: v for k, v in r.items() if k not in timing} for r in fb["frontier"]] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in fa["frontier"]]
+    assert fb["curves"] == fa["curves"]
 
 
 # ---- numerical faults ----------------------------------------------------------------------------
