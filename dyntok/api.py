@@ -56,9 +56,11 @@ class Predictor:
     per-layer list or a :class:`~dyntok.lengths.LengthConfig`); ``None`` uses the checkpoint's own.
     """
 
-    def __init__(self, module, tokenizer, meta: dict[str, Any], device: str | torch.device = "cpu") -> None:
+    def __init__(self, module, tokenizer, meta: dict[str, Any], device: str | torch.device = "cpu",
+                 tokenizer_dir: str | None = None) -> None:
         self.module = module.to(device).eval()
         self.tokenizer = tokenizer
+        self.tokenizer_dir = tokenizer_dir
         self.meta = meta
         self.task = module.task
         self.device = torch.device(device)
@@ -125,6 +127,18 @@ class Predictor:
             labels = [names[i] for i in probabilities.argmax(-1)]
         return Predictions(labels, probabilities, macs, full, kept, n_tok)
 
+    def datamodule(self, data_dir: str | None = None):
+        """The run's :class:`~dyntok.data.DynTokDataModule` (its ``data`` config, this tokenizer), reading
+        ``data_dir`` instead of the run's when given."""
+        from dyntok.data import DynTokDataModule
+
+        data_cfg = {k: v for k, v in (self.config.get("data") or {}).items() if k != "_target_"}
+        if data_dir is not None:
+            data_cfg["data_dir"] = data_dir
+        if self.tokenizer_dir is not None:
+            data_cfg["tokenizer"] = self.tokenizer_dir
+        return DynTokDataModule(**data_cfg)
+
     @torch.inference_mode()
     def evaluate(self, split: str = "test", data_dir: str | None = None, batch_size: int | None = None,
                  length_config: Any = None, max_examples: int | None = None) -> dict[str, float]:
@@ -134,13 +148,7 @@ class Predictor:
         Raises:
             ConfigError / DataError: an unknown split, or data that cannot be found (give ``data_dir``).
         """
-        from dyntok.data import DynTokDataModule
-
-        data_cfg = {k: v for k, v in (self.config.get("data") or {}).items() if k != "_target_"}
-        if data_dir is not None:
-            data_cfg["data_dir"] = data_dir
-        data_cfg["tokenizer"] = self._tokenizer_dir
-        dm = DynTokDataModule(**data_cfg)
+        dm = self.datamodule(data_dir)
         metrics = self.module.split_metrics(split, dm, prefix="").to(self.device)
         rep = MacsReport(dims=self.module.dims, max_length=self.max_length, problem=self.task.problem)
         for batch in dm.dataloader(split, batch_size=batch_size, max_examples=max_examples):
@@ -216,9 +224,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
     module.on_load_checkpoint(state)
     workdir = Path(tempfile.mkdtemp(prefix="dyntok-tokenizer-"))
     tokenizer, tok_dir = _tokenizer_from(meta, workdir)
-    pred = Predictor(module, tokenizer, meta, device)
-    pred._tokenizer_dir = tok_dir
-    return pred
+    return Predictor(module, tokenizer, meta, device, tokenizer_dir=tok_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,8 +11,8 @@ LengthDrop run with its searched frontier. Then, on the report split and in this
   of ``--repeats`` passes over length-sorted batches of ``--batch-size``) and its speed-up against the full
   model measured in the same process;
 - training time per step of each method relative to ``method=full`` on the same batches;
-- peak memory of inference (GPU: ``torch.cuda.max_memory_allocated``; CPU: peak resident memory of a fresh
-  process per method, ``--memory``).
+- peak memory of inference: the peak resident memory of a fresh CPU process per method that loads its
+  checkpoint and evaluates the split (``--memory``).
 
 Writes ``<out>.md`` (table, goals, the command) and ``<out>.png`` / ``<out>_speed.png`` (metric against MACs
 ratio and against measured speed-up, one curve per method), and prints one line per goal, met or not.
@@ -48,13 +48,7 @@ def _records(root: Path) -> list[dict[str, Any]]:
 
 
 def _batches(pred, split: str, data_dir: str | None, batch_size: int, max_examples: int | None):
-    from dyntok.data import DynTokDataModule
-
-    data_cfg = {k: v for k, v in (pred.config.get("data") or {}).items() if k != "_target_"}
-    if data_dir is not None:
-        data_cfg["data_dir"] = data_dir
-    data_cfg["tokenizer"] = pred._tokenizer_dir
-    dm = DynTokDataModule(**data_cfg)
+    dm = pred.datamodule(data_dir)
     eval_batches = list(dm.dataloader(split, batch_size=batch_size, max_examples=max_examples))
     return dm, eval_batches
 
@@ -254,11 +248,8 @@ def run(args: argparse.Namespace) -> int:
     if args.memory:
         ckpts = {"full": full_ckpt, **{m: tested_checkpoint(next(r for r in records if r["method"] == m))
                                       for m in preds if m != "full"}}
-        if full.device.type == "cuda":
-            memory = {}
-        else:
-            memory = {m: _peak_rss_mb(c, split, args.data_dir, args.batch_size, args.max_examples)
-                      for m, c in ckpts.items()}
+        memory = {m: _peak_rss_mb(c, split, args.data_dir, args.batch_size, args.max_examples)
+                  for m, c in ckpts.items()}
     for p in points:
         base = p["method"].split(" ")[0]
         p["peak_rss_mb"] = memory.get(base if base in memory else "full") if memory else None
@@ -355,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frontier", type=int, default=8, help="LengthDrop frontier points measured (0: all)")
     ap.add_argument("--train-steps", type=int, default=12, help="batches timed per method (2 warm-up)")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
-                    help="peak memory per method (CPU: a fresh process each)")
+                    help="peak resident memory per method (a fresh CPU process each)")
     args = ap.parse_args(argv)
     args.argv = argv
     try:

@@ -97,7 +97,7 @@ class GatesModule(TaskModule):
         self.gates.project_()
 
     def eval_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.gates.hard_lengths(batch["attention_mask"].sum(1))
+        return self.inference_lengths(batch["attention_mask"].sum(1))
 
     def inference_lengths(self, real_lengths: torch.Tensor) -> torch.Tensor:
         return self.gates.hard_lengths(real_lengths)
