@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,6 +37,32 @@ Data = Literal["rotten_tomatoes", "imdb"]
 DEFAULT_MAX_LENGTH = {"rotten_tomatoes": 128, "imdb": 512}
 SIGNIFICANCES = ("all_queries", "cls_query")
 Batch = dict[str, torch.Tensor]
+
+
+def best_pass_ms(forward: Callable[[Batch], Any], batches: Sequence[Batch], repeats: int = 2,
+                 device: torch.device | str = "cpu") -> float:
+    """Milliseconds per example of ``forward`` over ``batches``: the fastest of ``repeats`` timed passes.
+
+    The fastest pass is what other jobs on a shared machine can only slow down; CUDA work is synchronised
+    before each clock read. Used by the search's latency budget and :mod:`dyntok.compare`.
+
+    Raises:
+        ValueError: ``repeats`` < 1 or no example in ``batches``.
+    """
+    n = sum(int(b["input_ids"].size(0)) for b in batches)
+    if repeats < 1 or n == 0:
+        raise ValueError(f"best_pass_ms needs repeats >= 1 and examples, got {repeats} and {n}")
+    cuda = torch.device(device).type == "cuda"
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for b in batches:
+                forward(b)
+            if cuda:
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+    return 1000.0 * best / n
 
 
 def load_texts(data: Data = "rotten_tomatoes", num_examples: int = 256, seed: int = 0) -> list[str]:

@@ -661,20 +661,34 @@ class DynTokDataModule(lightning.LightningDataModule):
         self._splits = splits
 
     def dataloader(self, split: str, batch_size: int | None = None, shuffle: bool = False,
-                   max_examples: int | None = None, num_replicas: int = 1, rank: int = 0) -> DataLoader:
+                   max_examples: int | None = None, num_replicas: int = 1, rank: int = 0,
+                   min_length: int = 0) -> DataLoader:
         """Loader over any split name; ``shuffle=False`` gives fixed batches sorted by length (longest first).
 
         ``batch_size`` defaults to ``batch_size`` for train and ``eval_batch_size`` otherwise. With
         ``shuffle=True`` batches are reshuffled every epoch (length-bucketed if ``length_bucketing``).
         ``max_examples`` keeps a seeded random subset of that many examples (e.g. the search split); of
         questions, with all their windows, for span tasks.
+        ``min_length`` > 0 keeps only examples of at least that many real tokens (special tokens included)
+        before the subset is drawn, e.g. to score length configurations on sentences when a split also holds
+        short phrases (SST-2's train); classification and regression tasks only.
         ``num_replicas`` > 1: this process's (``rank``) share under DDP; ``batch_size`` is per process.
         Evaluation shares hold every example exactly once; training shares are padded to equal length.
 
         Raises:
-            ConfigError: an evaluation split with fewer examples than processes.
+            ConfigError: an evaluation split with fewer examples than processes; ``min_length`` on a span
+                task, or one that leaves no example.
         """
         data = self._split(split)
+        if min_length > 0:
+            if self.task.problem == "span":
+                raise ConfigError(f"min_length={min_length}: span tasks ({self.task.name}) cannot drop windows "
+                                  "of a question; use 0")
+            long = np.flatnonzero(data.lengths >= min_length)
+            if not len(long):
+                raise ConfigError(f"min_length={min_length}: no {split} example of {self.task.name} is that long "
+                                  f"(longest: {int(data.lengths.max())} tokens)")
+            data = data.subset(long)
         if max_examples is not None and max_examples < data.num_examples:
             keep = np.sort(_rng(self.hparams.seed, f"subset/{split}").permutation(data.num_examples)[:max_examples])
             data = data.take_examples(keep)

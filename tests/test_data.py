@@ -195,6 +195,20 @@ def test_caps_take_seeded_subsets(make):
     assert token_rows(dm, "validation") == token_rows(full, "validation")
 
 
+def test_min_length_keeps_only_long_examples(make):
+    dm = make("sst2")
+    lengths = dm.dataset("train").lengths
+    cut = int(np.median(lengths)) + 1
+    seen = [b["attention_mask"].sum(1) for b in dm.dataloader("train", batch_size=8, min_length=cut)]
+    kept = torch.cat(seen)
+    assert len(kept) == int((lengths >= cut).sum()) and int(kept.min()) >= cut
+    capped = torch.cat([b["attention_mask"].sum(1) for b in dm.dataloader("train", 8, max_examples=3,
+                                                                           min_length=cut)])
+    assert len(capped) == 3 and int(capped.min()) >= cut  # the cap draws among the long examples
+    with pytest.raises(ConfigError, match="min_length=1000: no train example of sst2"):
+        dm.dataloader("train", min_length=1000)
+
+
 def test_rotten_tomatoes_split_sizes(tok_path):
     dm = DynTokDataModule("rotten_tomatoes", tok_path, max_length=64)
     assert dm.split_sizes == {"train": 6824, "validation": 853, "test": 853}

@@ -133,3 +133,6 @@ def test_latency_budget_picks_the_best_configuration_that_is_fast_enough(tmp_pat
     tight = _run([*TINY, "method=lengthdrop", *search[:-2], "method.search.budget=1e-6", "method.search.curves=false"],
                  tmp_path / "tight")
     assert tight.returncode == 2 and "ms per example: the fastest searched configuration" in tight.stderr
+    # the search split's length filter reaches the search: no example that long, a clear error
+    long = _run([*TINY, "method=lengthdrop", *search, "method.search.min_length=1000"], tmp_path / "long")
+    assert long.returncode == 2 and "min_length=1000: no validation example" in long.stderr

@@ -42,7 +42,7 @@ KdDirection = Literal["forward", "reverse"]
 SEARCH_DEFAULTS: dict[str, Any] = {
     "enabled": True, "split": "validation", "max_examples": 1000, "population": 20, "iterations": 30,
     "mutations": 30, "crossovers": 30, "mutation_prob": 0.5, "seed": 0, "store": None,
-    "budget": 0.4, "budget_unit": "ratio", "eval_batch_size": 128, "curves": True,
+    "budget": 0.4, "budget_unit": "ratio", "eval_batch_size": 128, "curves": True, "min_length": 0,
 }
 
 
@@ -223,9 +223,10 @@ class LengthDropModule(TaskModule):
         model.train(was_training)
         return float(metrics.compute()[self.task.main_metric])
 
-    def _batches(self, datamodule, split: str, max_examples: int | None) -> list[dict[str, torch.Tensor]]:
+    def _batches(self, datamodule, split: str, max_examples: int | None,
+                 min_length: int = 0) -> list[dict[str, torch.Tensor]]:
         loader = datamodule.dataloader(split, batch_size=self.search_cfg["eval_batch_size"],
-                                       max_examples=max_examples)
+                                       max_examples=max_examples, min_length=min_length)
         return [{k: v.to(self.device) for k, v in b.items()} for b in loader]
 
     def after_fit(self, trainer, datamodule, run_dir) -> None:
@@ -238,7 +239,7 @@ class LengthDropModule(TaskModule):
         datamodule.setup("fit")
         ref = int(datamodule.hparams.max_length)
         L = self.model.num_layers
-        batches = self._batches(datamodule, s["split"], s["max_examples"])
+        batches = self._batches(datamodule, s["split"], s["max_examples"], s["min_length"])
         metrics = self.split_metrics(s["split"], datamodule)
         lengths = torch.cat([b["attention_mask"].sum(1) for b in batches]).cpu()
         full_macs = float(length_config_macs(self.dims, LengthConfig.full(L), lengths).mean())
@@ -248,6 +249,7 @@ class LengthDropModule(TaskModule):
 
         store_path = Path(s["store"]) if s["store"] else Path(run_dir) / "search_store.jsonl"
         meta = {"task": self.task.name, "split": s["split"], "examples": len(lengths), "ref_length": ref,
+                **({"min_length": s["min_length"]} if s["min_length"] else {}),
                 "length_drop_prob": self.p, "checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None)}
         store = SearchStore(store_path, meta={k: v for k, v in meta.items() if k != "checkpoint"})
         search = EvolutionarySearch(
@@ -273,7 +275,8 @@ class LengthDropModule(TaskModule):
         self.search_summary = {
             "frontier_size": len(result.frontier), "evaluated": result.evaluated, "replayed_from_store": result.cached,
             "seconds": result.seconds, "evals_per_minute": result.evals_per_minute, "store": str(store_path),
-            "search_split": s["split"], "search_examples": len(lengths), "budget": budget,
+            "search_split": s["split"], "search_examples": len(lengths), "search_min_length": s["min_length"],
+            "budget": budget,
             "budget_unit": s["budget_unit"], "chosen_gene": list(best.gene), "chosen_search_score": best.score,
             "chosen_macs_ratio": best.macs / full_macs, "chosen_ms_per_example": latency[best.gene],
             "full_ms_per_example": full_latency, "chosen_speedup": full_latency / latency[best.gene],
@@ -286,22 +289,18 @@ class LengthDropModule(TaskModule):
     @torch.inference_mode()
     def latency_ms(self, batches: list[dict[str, torch.Tensor]], cfg: LengthConfig | None, repeats: int = 2) -> float:
         """Milliseconds per example of ``cfg`` over ``batches`` (the best of ``repeats`` timed passes)."""
-        import time
+        from dyntok.bench import best_pass_ms
 
         was_training = self.model.training
         self.model.eval()
-        n = sum(int(b["input_ids"].size(0)) for b in batches)
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for b in batches:
-                lengths = cfg.resolve(b["attention_mask"].sum(1)) if cfg is not None else None
-                self.model(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), lengths=lengths)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        self.model.train(was_training)
-        return 1000.0 * best / max(n, 1)
+        def forward(b: dict[str, torch.Tensor]) -> None:
+            lengths = None if cfg is None else cfg.resolve(b["attention_mask"].sum(1))
+            self.model(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), lengths=lengths)
+
+        try:
+            return best_pass_ms(forward, batches, repeats, self.device)
+        finally:
+            self.model.train(was_training)
 
     def _write_frontier(self, run_dir, frontier: list[Point], full_macs: float, ref: int, datamodule,
                         latency: dict | None = None, full_latency: float | None = None) -> None:
