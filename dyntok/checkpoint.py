@@ -10,19 +10,52 @@ import torch
 from dyntok.errors import CheckpointError
 
 
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint that stands for a run folder's results.
+
+    In order: ``checkpoints/final.ckpt`` (the weights and length configuration the run tested); the weights
+    its ``results.json`` says were tested (``best_checkpoint``, or the final ``last*.ckpt``); its best; its
+    last; else the same names anywhere below ``run_dir`` (a folder of runs with one checkpoint).
+
+    Raises:
+        CheckpointError: no checkpoint there.
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    ckpts = run_dir / "checkpoints"  # read directly: a symlinked folder counts (rglob would skip it)
+    if (ckpts / "final.ckpt").is_file():
+        return ckpts / "final.ckpt"
+    lasts = sorted(ckpts.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)  # last-v1: older Lightning naming
+    results = run_dir / "results.json"
+    if results.is_file():
+        try:
+            rec = json.loads(results.read_text())
+        except ValueError:
+            rec = {}
+        best = rec.get("best_checkpoint")
+        if rec.get("tested_weights") == "best" and best and Path(best).is_file():
+            return Path(best)
+        if rec.get("tested_weights") == "final" and lasts:
+            return lasts[-1]
+    cands = sorted(ckpts.glob("best-*.ckpt")) or lasts
+    if not cands:
+        cands = sorted(run_dir.rglob("final.ckpt")) or sorted(run_dir.rglob("best-*.ckpt")) or \
+            sorted(run_dir.rglob("last.ckpt"))
+    if not cands:
+        raise CheckpointError(f"no checkpoint (final.ckpt, best-*.ckpt or last.ckpt) under {run_dir}")
+    return cands[-1]
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint written by dyntok.
+    """Load a Lightning checkpoint written by dyntok (a ``.ckpt`` file, or a run folder: :func:`run_checkpoint`).
 
     Raises:
         CheckpointError: the file is missing, unreadable, or not a dyntok checkpoint.
     """
     path = Path(path)
     if path.is_dir():
-        # final.ckpt: the weights and length configuration a run tested; else its best, else its last
-        cands = sorted(path.rglob("final.ckpt")) or sorted(path.rglob("best-*.ckpt")) or sorted(path.rglob("last.ckpt"))
-        if not cands:
-            raise CheckpointError(f"no checkpoint (final.ckpt, best-*.ckpt or last.ckpt) under {path}")
-        path = cands[-1]
+        path = run_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

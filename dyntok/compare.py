@@ -142,14 +142,10 @@ def _peak_rss_mb(ckpt: str, split: str, data_dir: str | None, batch_size: int, m
 
 
 def tested_checkpoint(rec: dict[str, Any]) -> str:
-    """The checkpoint a run tested: ``final.ckpt`` when written, else its best or last checkpoint."""
-    ckpts = Path(rec["path"]) / "checkpoints"
-    if (ckpts / "final.ckpt").exists():
-        return str(ckpts / "final.ckpt")
-    tested = rec.get("tested_weights") or ("final" if rec.get("method") == "gates" else "best")
-    if tested == "best" and rec.get("best_checkpoint"):
-        return rec["best_checkpoint"]
-    return str(ckpts / "last.ckpt")
+    """The checkpoint a run tested (:func:`dyntok.checkpoint.run_checkpoint` of its folder)."""
+    from dyntok.checkpoint import run_checkpoint
+
+    return str(run_checkpoint(rec["path"]))
 
 
 def _interp(curve: list[tuple[float, float]], x: float) -> float | None:

@@ -109,7 +109,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     monitor = f"val/{task.main_metric}"
     ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", filename="best-{step}",
                               save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
-                              auto_insert_metric_name=False)
+                              auto_insert_metric_name=False,
+                              # last.ckpt is shared with StepCheckpoint: overwrite it, never write last-v1.ckpt
+                              enable_version_counter=False)
     callbacks = [FiniteLossGuard(), RngState(), ckpt_cb, *module.extra_callbacks()]
     if cfg.checkpoint.get("every_n_train_steps"):
         callbacks.append(StepCheckpoint(ckpt_dir, cfg.checkpoint.every_n_train_steps))

@@ -81,6 +81,10 @@ def test_sigkill_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, met
     whole.mkdir(), killed.mkdir()
     done = subprocess.run(_cmd(args), cwd=whole, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    # one last.ckpt, written by the step and the validation checkpoints alike, holding the final step
+    ckpts = _run_dir(whole) / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("last*.ckpt")) == ["last.ckpt"]
+    assert int(torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"]) == 100
 
     # killed mid-epoch (a step checkpoint between 4 and the end of epoch 1 = step 50), rerun as it was
     _kill_when(killed, args, lambda cwd: _last_step(cwd) >= 8)
@@ -264,3 +268,35 @@ def test_evaluate_reproduces_the_runs_test_metrics(tiny_run):
     bad = subprocess.run([sys.executable, "-m", "dyntok.api", str(tiny_run), "--split", "dev"],
                          env=ENV, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown split 'dev'" in bad.stderr
+
+
+def test_run_checkpoint_picks_what_the_run_tested(tmp_path):
+    import json as _json
+
+    from dyntok.checkpoint import run_checkpoint
+
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    ckpts.mkdir(parents=True)
+    for name in ("best-5.ckpt", "last.ckpt"):
+        (ckpts / name).write_bytes(b"")
+    # no results.json: the best checkpoint
+    assert run_checkpoint(run) == ckpts / "best-5.ckpt"
+    # results.json says the final weights were tested: the newest last file (last-v1 of older runs)
+    os.utime(ckpts / "last.ckpt", (1, 1))
+    (ckpts / "last-v1.ckpt").write_bytes(b"")
+    (run / "results.json").write_text(_json.dumps({"tested_weights": "final"}))
+    assert run_checkpoint(run) == ckpts / "last-v1.ckpt"
+    (run / "results.json").write_text(_json.dumps({"tested_weights": "best",
+                                                  "best_checkpoint": str(ckpts / "best-5.ckpt")}))
+    assert run_checkpoint(run) == ckpts / "best-5.ckpt"
+    # final.ckpt wins over everything
+    (ckpts / "final.ckpt").write_bytes(b"")
+    assert run_checkpoint(run) == ckpts / "final.ckpt"
+    # a run whose checkpoints folder is a symlink (reused from another run)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "checkpoints").symlink_to(ckpts)
+    assert run_checkpoint(other) == other / "checkpoints" / "final.ckpt"
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        run_checkpoint(tmp_path / "empty")
