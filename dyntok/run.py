@@ -102,8 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if OmegaConf.is_config(cfg.eval_length_config) else cfg.eval_length_config,
             model.num_layers, "eval_length_config")
     if cfg.init_from:
-        load_init_weights(module, cfg.init_from, cfg.model.name)
-        module.on_init_from()
+        module.on_init_from(load_init_weights(module, cfg.init_from, cfg.model.name))
 
     ckpt_dir = run_dir / "checkpoints"
     monitor = f"val/{task.main_metric}"

@@ -201,7 +201,37 @@ def test_full_checkpoint_initialises_gates_and_lengthdrop(tmp_path):
     gates = _tiny_module(GatesModule, regularizer={"lambda": 1.0, "mu": 0.1}, max_length=16)
     load_init_weights(gates, full, "tiny")
     ld = _tiny_module(LengthDropModule)
-    load_init_weights(ld, full, "tiny")
+    ld.on_init_from(load_init_weights(ld, full, "tiny"))
+    assert ld.baseline is not None  # the standard model of the constant-ratio curve
+
+
+def test_lengthdrop_from_lengthdrop_keeps_the_original_standard_model(tmp_path, caplog):
+    full_module = _tiny_module()
+    full = _save(full_module, tmp_path / "full.ckpt")
+    ld = _tiny_module(LengthDropModule)
+    ld.on_init_from(load_init_weights(ld, full, "tiny"))
+    with torch.no_grad():  # LengthDrop training moved the weights away from the standard model
+        for p in ld.model.parameters():
+            p.add_(1.0)
+    ld.run_config = {"model": {"name": "tiny"}, "init_from": str(full)}
+    ckpt = {"state_dict": ld.state_dict()}
+    ld.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "ld.ckpt")
+
+    again = _tiny_module(LengthDropModule)
+    again.on_init_from(load_init_weights(again, tmp_path / "ld.ckpt", "tiny"))
+    for (name, a), b in zip(again.baseline.state_dict().items(), full_module.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the method=full weights, not the LengthDrop ones
+    assert not torch.equal(next(again.model.parameters()), next(again.baseline.parameters()))
+    # a source that is gone: no standard curve, and a warning that says why
+    ld.run_config["init_from"] = str(tmp_path / "gone")
+    ckpt = {"state_dict": ld.state_dict()}
+    ld.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "ld2.ckpt")
+    lone = _tiny_module(LengthDropModule)
+    with caplog.at_level("WARNING", logger="dyntok"):
+        lone.on_init_from(load_init_weights(lone, tmp_path / "ld2.ckpt", "tiny"))
+    assert lone.baseline is None and "no standard-model constant-ratio curve" in caplog.text
 
 
 def test_another_method_or_model_is_refused(tmp_path):

@@ -220,8 +220,9 @@ class TaskModule(L.LightningModule):
         self.load_state_dict(state["state_dict"])
         self.on_load_checkpoint(state)
 
-    def on_init_from(self) -> None:
-        """Called after ``init_from=`` weights were loaded into ``self.model``. Default: nothing."""
+    def on_init_from(self, meta: dict[str, Any]) -> None:
+        """Called after ``init_from=`` weights were loaded; ``meta``: the source checkpoint's ``dyntok``
+        metadata (its method class name and run config). Default: nothing."""
 
     def after_fit(self, trainer: L.Trainer, datamodule: L.LightningDataModule, run_dir) -> None:
         """Work between training and testing (e.g. the LengthDrop search). Default: nothing."""

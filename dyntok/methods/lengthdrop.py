@@ -355,6 +355,26 @@ class LengthDropModule(TaskModule):
                              "num_sandwich": self.num_sandwich, "kd_direction": self.kd_direction}
         return out
 
-    def on_init_from(self) -> None:
-        """Keep the standard fine-tuned model just loaded, for the constant-ratio comparison curve."""
-        object.__setattr__(self, "baseline", copy.deepcopy(self.model).eval())
+    def on_init_from(self, meta: dict[str, Any]) -> None:
+        """Keep the standard fine-tuned model for the constant-ratio comparison curve: the ``method=full``
+        model just loaded or, from a LengthDrop checkpoint, the ``method=full`` run it started from (its
+        ``init_from``); without one the curve is left out (a warning says so)."""
+        if meta.get("method") == "FullFineTuning":
+            object.__setattr__(self, "baseline", copy.deepcopy(self.model).eval())
+            return
+        source = ((meta.get("config") or {}).get("init_from"))
+        from dyntok.checkpoint import read_checkpoint
+        from dyntok.errors import CheckpointError
+
+        try:
+            state = read_checkpoint(source) if source else None
+        except CheckpointError as e:
+            state, source = None, f"{source} ({e})"
+        if state is None or state["dyntok"].get("method") != "FullFineTuning":
+            log.warning("init_from is a LengthDrop checkpoint whose method=full source (%s) cannot be read: "
+                        "no standard-model constant-ratio curve", source)
+            return
+        baseline = copy.deepcopy(self.model)
+        baseline.load_state_dict({k[len("model."):]: v for k, v in state["state_dict"].items()
+                                  if k.startswith("model.")})
+        object.__setattr__(self, "baseline", baseline.eval())
