@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SST-2 accuracy/compute trade-off with MiniLM, every method on the same recipe (16,000 training
-# sentences, 2 epochs), reported on the SST-2 dev set:
+# sentences, 2 epochs), reported on the SST-2 dev set, then measured side by side (dyntok.compare):
 #   full fine-tuning -> untrained extraction -> gates over a lambda grid -> LengthDrop + search.
 # About 75 minutes on 2 CPU cores after the full model (10 minutes).
 # Usage: benchmarks/sst2_tradeoff.sh [DATA_DIR=../shared/data/glue] [OUT=runs/sst2]
@@ -45,3 +45,5 @@ run "$OUT/gates_mu0/lam_2.5" method=gates "init_from=$OUT/full" trainer.max_epoc
 run "$OUT/lengthdrop" method=lengthdrop "init_from=$OUT/full" trainer.max_epochs=1 method.layer_drop=0.0 \
     "label='lengthdrop (searched)'"
 "$PY" -m dyntok.report "$OUT" "${OUT}_ref" --split test --out docs/sst2_tradeoff
+# every run side by side in one process: accuracy, MACs, measured latency, training step, memory, goals
+"$PY" -m dyntok.compare "$OUT" --data-dir "$DATA" --out docs/sst2_benchmark
