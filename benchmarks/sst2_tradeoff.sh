@@ -2,7 +2,7 @@
 # SST-2 accuracy/compute trade-off with MiniLM, every method on the same recipe (16,000 training
 # sentences, 2 epochs), reported on the SST-2 dev set, then measured side by side (dyntok.compare):
 #   full fine-tuning -> untrained extraction -> gates over a lambda grid -> LengthDrop + search.
-# About 75 minutes on 2 CPU cores after the full model (10 minutes).
+# About 90 minutes on 2 CPU cores after the full model (10 minutes).
 # Usage: benchmarks/sst2_tradeoff.sh [DATA_DIR=../shared/data/glue] [OUT=runs/sst2]
 # Every stage skips work already done (results.json present), so a killed run is resumed by rerunning.
 set -euo pipefail
