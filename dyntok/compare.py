@@ -160,7 +160,6 @@ def _interp(curve: list[tuple[float, float]], x: float) -> float | None:
 def run(args: argparse.Namespace) -> int:
     import dyntok
     from dyntok.lengths import LengthConfig
-    from dyntok.report import plot_curves
     from dyntok.results import format_table
     from dyntok.search import gene_to_config
 
@@ -267,20 +266,33 @@ def run(args: argparse.Namespace) -> int:
     out.with_suffix(".md").write_text("\n".join(md))
     (out.parent / f"{out.name}.json").write_text(json.dumps({"points": points, "train_step_ms": step_ms,
                                                              "goals": goals}, indent=2, default=str))
-    curves, speed = defaultdict(list), defaultdict(list)
-    for p in points:
-        curves[p["method"]].append((p["macs_ratio"], p[metric]))
-        speed[p["method"]].append((p["speedup"], p[metric]))
-    plot_curves(curves, out.with_suffix(".png"), "MACs ratio (vs full model at real length)", metric,
-                title=f"{full_rec['task']} ({split})")
-    plot_curves(speed, out.parent / f"{out.name}_speed.png", "measured speed-up vs full model", metric,
-                title=f"{full_rec['task']} ({split}), {full.device.type}")
+    plot_points(points, metric, out, f"{full_rec['task']} ({split})", full.device.type)
     print(table)
     print()
     for g in goals:
         print(g)
     print(f"\nwrote {out.with_suffix('.md')}, {out.with_suffix('.png')}, {out.parent / (out.name + '_speed.png')}")
     return 0
+
+
+def curve_name(point: dict[str, Any]) -> str:
+    """Plot curve of a point: its method, with extraction split by schedule (constant ratio, first layers
+    whole), which are different curves."""
+    return point["label"] if point["method"] == "extraction" else point["method"]
+
+
+def plot_points(points: list[dict[str, Any]], metric: str, out: Path, title: str, device: str) -> None:
+    """``<out>.png`` (metric against MACs ratio) and ``<out>_speed.png`` (against measured speed-up), one curve
+    per :func:`curve_name`; ``points`` as in the ``.json`` that :func:`run` writes."""
+    from dyntok.report import plot_curves
+
+    curves, speed = defaultdict(list), defaultdict(list)
+    for p in points:
+        curves[curve_name(p)].append((p["macs_ratio"], p[metric]))
+        speed[curve_name(p)].append((p["speedup"], p[metric]))
+    plot_curves(curves, out.with_suffix(".png"), "MACs ratio (vs full model at real length)", metric, title=title)
+    plot_curves(speed, out.parent / f"{out.name}_speed.png", "measured speed-up vs full model", metric,
+                title=f"{title}, {device}")
 
 
 def _goals(points: list[dict[str, Any]], metric: str, step_ms: dict[str, float],

@@ -75,3 +75,18 @@ def test_compare_measures_every_method_on_tiny_runs(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "python -m dyntok.compare" in md and "gates" in md and "Goals:" in md
     assert out.with_suffix(".png").stat().st_size > 1000 and (out.parent / "bench_speed.png").exists()
+
+
+def test_extraction_schedules_are_separate_curves(tmp_path):
+    from dyntok.compare import curve_name, plot_points
+
+    pts = [{"method": "full", "label": "full model", "macs_ratio": 1.0, "accuracy": 0.9, "speedup": 1.0},
+           {"method": "extraction", "label": "extraction (constant ratio)", "macs_ratio": 0.5, "accuracy": 0.89,
+            "speedup": 1.9},
+           {"method": "extraction", "label": "extraction (layers 1-2 whole)", "macs_ratio": 0.51, "accuracy": 0.87,
+            "speedup": 1.9},
+           {"method": "gates", "label": "gates (mu=300)", "macs_ratio": 0.3, "accuracy": 0.88, "speedup": 2.5}]
+    assert [curve_name(p) for p in pts] == ["full", "extraction (constant ratio)",
+                                            "extraction (layers 1-2 whole)", "gates"]
+    plot_points(pts, "accuracy", tmp_path / "bench", "sst2 (test)", "cpu")
+    assert (tmp_path / "bench.png").stat().st_size > 1000 and (tmp_path / "bench_speed.png").stat().st_size > 1000
