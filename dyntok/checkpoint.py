@@ -47,6 +47,11 @@ def run_checkpoint(run_dir: str | Path) -> Path:
     return cands[-1]
 
 
+def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The task model's weights (``model.*`` of a checkpoint's state dict), keys without the prefix."""
+    return {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a Lightning checkpoint written by dyntok (a ``.ckpt`` file, or a run folder: :func:`run_checkpoint`).
 
@@ -132,8 +137,7 @@ def load_init_weights(module, path: str | Path, model_name: str | None = None) -
         missing, _ = module.load_state_dict(state["state_dict"], strict=False)
         module.on_load_checkpoint(state)
     else:
-        weights = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-        missing, _ = module.model.load_state_dict(weights, strict=False)
+        missing, _ = module.model.load_state_dict(model_weights(state), strict=False)
     if missing:
         raise CheckpointError(f"{state['path']}: missing weights {missing[:5]}")
     return meta

@@ -363,7 +363,7 @@ class LengthDropModule(TaskModule):
             object.__setattr__(self, "baseline", copy.deepcopy(self.model).eval())
             return
         source = ((meta.get("config") or {}).get("init_from"))
-        from dyntok.checkpoint import read_checkpoint
+        from dyntok.checkpoint import model_weights, read_checkpoint
         from dyntok.errors import CheckpointError
 
         try:
@@ -375,6 +375,5 @@ class LengthDropModule(TaskModule):
                         "no standard-model constant-ratio curve", source)
             return
         baseline = copy.deepcopy(self.model)
-        baseline.load_state_dict({k[len("model."):]: v for k, v in state["state_dict"].items()
-                                  if k.startswith("model.")})
+        baseline.load_state_dict(model_weights(state))
         object.__setattr__(self, "baseline", baseline.eval())
