@@ -149,8 +149,13 @@ def tested_checkpoint(rec: dict[str, Any]) -> str:
 
 
 def _interp(curve: list[tuple[float, float]], x: float) -> float | None:
-    """Baseline metric at MACs ratio x, linear between its points (None outside their range)."""
-    pts = sorted(curve)
+    """Baseline metric at MACs ratio x: linear along the upper envelope of its (MACs ratio, metric) points,
+    i.e. their Pareto frontier, so where two schedules cross the better one counts (None outside the range)."""
+    from dyntok.search import Point, pareto_frontier
+
+    pts = [(p.macs, p.score) for p in pareto_frontier([Point((), x0, y0) for x0, y0 in curve])]
+    if pts and max(curve)[0] > pts[-1][0]:  # dearer dominated points: the envelope stays flat up to them
+        pts.append((max(curve)[0], pts[-1][1]))
     for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
         if x0 <= x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)

@@ -122,6 +122,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("resuming from %s", ckpt_path)
     if ckpt_path is not None:
         check_resumable(ckpt_path, module, cfg.model.name)
+    module.before_fit(dm)
     if cfg.train:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     elif not cfg.init_from:

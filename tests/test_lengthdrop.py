@@ -136,3 +136,12 @@ def test_latency_budget_picks_the_best_configuration_that_is_fast_enough(tmp_pat
     # the search split's length filter reaches the search: no example that long, a clear error
     long = _run([*TINY, "method=lengthdrop", *search, "method.search.min_length=1000"], tmp_path / "long")
     assert long.returncode == 2 and "min_length=1000: no validation example" in long.stderr
+
+
+def test_unreachable_macs_budget_fails_before_training(tmp_path):
+    # p = 0.35 floors a 3-layer model well above 0.1x: the search could never meet the budget
+    proc = _run([*TINY, "method=lengthdrop", "method.length_drop_prob=0.35", "method.search.budget=0.1"],
+                tmp_path / "run")
+    assert proc.returncode == 2
+    assert "method.search.budget=0.1 (ratio) is below the cheapest configuration" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no training step was spent

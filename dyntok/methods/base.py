@@ -224,6 +224,9 @@ class TaskModule(L.LightningModule):
         """Called after ``init_from=`` weights were loaded; ``meta``: the source checkpoint's ``dyntok``
         metadata (its method class name and run config). Default: nothing."""
 
+    def before_fit(self, datamodule: L.LightningDataModule) -> None:
+        """Checks that need the data, run before training so a doomed run fails early. Default: nothing."""
+
     def after_fit(self, trainer: L.Trainer, datamodule: L.LightningDataModule, run_dir) -> None:
         """Work between training and testing (e.g. the LengthDrop search). Default: nothing."""
 

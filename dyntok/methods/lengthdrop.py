@@ -229,6 +229,38 @@ class LengthDropModule(TaskModule):
                                        max_examples=max_examples, min_length=min_length)
         return [{k: v.to(self.device) for k, v in b.items()} for b in loader]
 
+    def before_fit(self, datamodule) -> None:
+        """Fail before training when the search could never meet a MACs budget (``budget_unit`` ratio or
+        gmacs): the cheapest gene it may evaluate is the smallest sub-model, ``1 - p`` at every layer.
+
+        Raises:
+            ConfigError: naming ``method.search.budget`` and the cheapest reachable ratio.
+        """
+        s = self.search_cfg
+        if self.test_config is not None or not s["enabled"] or s["budget_unit"] == "ms":
+            return
+        from dyntok.flops import length_config_macs
+
+        datamodule.setup("fit")
+        ref = int(datamodule.hparams.max_length)
+        L = self.model.num_layers
+        lengths = self._search_lengths(datamodule)
+        full = float(length_config_macs(self.dims, LengthConfig.full(L), lengths).mean())
+        floor = float(length_config_macs(self.dims, self.smallest(ref), lengths).mean())
+        budget = float(s["budget"]) * (full if s["budget_unit"] == "ratio" else 1e9)
+        if budget < floor * (1 - 1e-9):
+            raise ConfigError(
+                f"method.search.budget={s['budget']} ({s['budget_unit']}) is below the cheapest configuration "
+                f"the search can reach: {floor / full:.3f}x MACs ({floor / 1e9:.4g} GMACs per example) on the "
+                f"search split, set by method.length_drop_prob={self.p}; raise the budget or the bound")
+
+    def _search_lengths(self, datamodule) -> torch.Tensor:
+        """(N,) long: real lengths of the search split's examples (tokens, specials included)."""
+        s = self.search_cfg
+        loader = datamodule.dataloader(s["split"], batch_size=s["eval_batch_size"],
+                                       max_examples=s["max_examples"], min_length=s["min_length"])
+        return torch.cat([b["attention_mask"].sum(1) for b in loader])
+
     def after_fit(self, trainer, datamodule, run_dir) -> None:
         """Search the frontier on the search split, pick the configuration under the budget."""
         s = self.search_cfg
