@@ -161,3 +161,39 @@ def test_gates_training_run_writes_learned_configuration(tmp_path):
     # a strong lambda with a high gate learning rate must have closed some gates within 3 steps
     assert test["macs_ratio"] < 1.0
     assert rec["gates"]["gate_mean"] < 1.0
+
+
+def _gates_module(**kw):
+    from dyntok.methods.gates import GatesModule
+    from dyntok.tasks import get_task
+
+    torch.manual_seed(0)
+    model = DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT)
+    return GatesModule(model=model, task=get_task("sst2"), regularizer={"lambda": 0.0, "mu": 0.0}, max_length=32,
+                       **kw)
+
+
+def test_distillation_pulls_the_gated_student_towards_the_frozen_fine_tuned_model(tokenizer):
+    from dyntok.methods.base import distillation_loss
+
+    module = _gates_module(distill=1.0)
+    with pytest.raises(ConfigError, match="method.distill=1.0 needs a fine-tuned teacher"):
+        module.before_fit(None)
+    module.on_init_from({"method": "FullFineTuning"})  # the weights just loaded become the teacher
+    module.before_fit(None)
+    b = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"), labels=torch.tensor([1, 0]))
+    module.eval()  # no dropout: with every gate open the student is the teacher
+    assert module.training_step(b, 0).item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        module.model.head.weight[0].add_(0.5)  # the student moves away; the teacher is a copy, it stays
+    loss = module.training_step(b, 0)
+    with torch.no_grad():
+        student = module(b).logits
+        teacher = module.teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"]).logits
+    assert loss.item() > 1e-4 and loss.item() == pytest.approx(distillation_loss(student, teacher, "classification").item())
+    loss.backward()
+    assert module.model.head.weight.grad is not None
+    assert all(p.grad is None for p in module.teacher.parameters())
+    assert not any(k.startswith("teacher") for k in module.state_dict())  # never saved in checkpoints
+    with pytest.raises(ConfigError, match="method.distill"):
+        _gates_module(distill=1.5)

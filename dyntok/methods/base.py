@@ -8,17 +8,49 @@ with their own learning rate) and ``summary`` (method-specific fields of ``resul
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dyntok.errors import ConfigError
 from dyntok.flops import MacsReport, ModelDims
 from dyntok.lengths import LengthConfig
 from dyntok.model import DynTokModel, ModelOutput
 from dyntok.tasks import TaskSpec
+
+KdDirection = Literal["forward", "reverse"]
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, problem: str,
+                      direction: KdDirection = "forward") -> torch.Tensor:
+    """Distillation loss of student logits towards detached teacher logits: LAT's in-place distillation of
+    a sub-model towards the full model, and the gates' optional distillation from the fine-tuned model.
+
+    Args:
+        student, teacher: logits, (B, C) classification, (B,) regression or (B, T, 2) span start/end.
+        direction: ``forward`` = KL(teacher || student), conventional in-place distillation (Yu & Huang
+            2019): the student covers the teacher's distribution. ``reverse`` = KL(student || teacher), what
+            the original LAT code computes (its ``kl_div`` arguments are swapped).
+
+    Returns:
+        scalar, mean over examples (and over start/end for span).
+    """
+    teacher = teacher.detach()
+    if problem == "regression":
+        return F.mse_loss(student.float(), teacher.float())
+    if problem == "span":  # (B, T, 2) -> (2B, T): one distribution over positions per start/end
+        student = student.float().transpose(1, 2).reshape(-1, student.size(1))
+        teacher = teacher.float().transpose(1, 2).reshape(-1, teacher.size(1))
+    log_s = F.log_softmax(student.float(), -1)
+    log_t = F.log_softmax(teacher.float(), -1)
+    if direction == "forward":
+        return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
+    if direction == "reverse":
+        return F.kl_div(log_t, log_s, log_target=True, reduction="batchmean")
+    raise ConfigError(f"method.kd_direction must be 'forward' or 'reverse', got {direction!r}")
 
 
 class TaskModule(L.LightningModule):

@@ -7,6 +7,7 @@ reported accuracy and MACs are what inference costs.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ import torch
 from dyntok.errors import ConfigError
 from dyntok.gates import RankGates
 from dyntok.lengths import LengthConfig
-from dyntok.methods.base import TaskModule
+from dyntok.methods.base import TaskModule, distillation_loss
 
 
 class GatesModule(TaskModule):
@@ -35,10 +36,15 @@ class GatesModule(TaskModule):
             its value at ``end`` and stays there (``[0, 0]``: constant mu). The gates first find what to
             keep under lambda alone; the growing bi-modal pull then settles every gate at 0 or 1 while the
             encoder still trains (gates hovering at the threshold are what hard inference cannot honour).
+        distill: weight alpha in [0, 1] of distillation from the fine-tuned model (``init_from``), which
+            stays frozen and runs at full length: task term = (1 - alpha) * task_loss + alpha *
+            KL(teacher || student). Not in the paper (an option, off by default); it costs one no-grad
+            full-length forward per step.
         Other arguments: :class:`TaskModule`.
 
     Raises:
-        ConfigError: a negative lambda or mu, or a bad gate option (names the config key).
+        ConfigError: a negative lambda or mu, or a bad gate option (names the config key); ``distill`` > 0
+            without ``init_from`` (raised before training).
     """
 
     select_best = False
@@ -47,7 +53,7 @@ class GatesModule(TaskModule):
                  parametrization: Literal["clip", "sigmoid"] = "clip", gate_init: float = 1.0,
                  straight_through: bool = False, threshold: float = 0.5, skip_first: int = 0,
                  layer_weighting: Literal["linear", "uniform"] = "linear", freeze_gates_steps: int = 0,
-                 mu_ramp: tuple[float, float] = (0.0, 0.0), **kw: Any) -> None:
+                 mu_ramp: tuple[float, float] = (0.0, 0.0), distill: float = 0.0, **kw: Any) -> None:
         super().__init__(*args, **kw)
         lam, mu = float(regularizer.get("lambda", 0.0)), float(regularizer.get("mu", 0.0))
         if lam < 0 or mu < 0:
@@ -56,7 +62,12 @@ class GatesModule(TaskModule):
             raise ConfigError(f"method.mu_ramp must be [start, end] with 0 <= start <= end <= 1, got {mu_ramp}")
         if layer_weighting not in ("linear", "uniform"):
             raise ConfigError(f"method.layer_weighting must be 'linear' or 'uniform', got {layer_weighting!r}")
+        if not 0.0 <= distill <= 1.0:
+            raise ConfigError(f"method.distill must be in [0, 1], got {distill}")
         self.lam, self.mu = lam, mu
+        self.distill = float(distill)
+        # The frozen fine-tuned model (distill > 0); kept out of the state dict and the optimizer.
+        object.__setattr__(self, "teacher", None)
         self.gate_lr = gate_lr
         self.layer_weighting = layer_weighting
         self.freeze_gates_steps = freeze_gates_steps
@@ -71,6 +82,13 @@ class GatesModule(TaskModule):
         self.gates.theta.requires_grad_(self.global_step >= self.freeze_gates_steps)
         out = self(batch, rank_gates=self.gates.training_gates())
         task = self.task_loss(out.logits, batch["labels"])
+        if self.distill > 0:
+            with torch.no_grad():
+                teacher = self.teacher.to(self.device)(batch["input_ids"], batch["attention_mask"],
+                                                       batch.get("token_type_ids")).logits
+            kd = distillation_loss(out.logits, teacher, self.task.problem)
+            self.log("train/kd_loss", kd, batch_size=batch["input_ids"].size(0))
+            task = (1 - self.distill) * task + self.distill * kd
         sparse, bimodal = self.gates.regularizers(real, self.layer_weighting)
         mu = self.current_mu()
         loss = task + self.lam * sparse + mu * bimodal
@@ -90,6 +108,15 @@ class GatesModule(TaskModule):
             return self.mu
         t = self.global_step / total
         return self.mu * min(1.0, max(0.0, (t - start) / max(end - start, 1e-9)))
+
+    def on_init_from(self, meta: dict[str, Any]) -> None:
+        if self.distill > 0:
+            object.__setattr__(self, "teacher", copy.deepcopy(self.model).eval().requires_grad_(False))
+
+    def before_fit(self, datamodule) -> None:
+        if self.distill > 0 and self.teacher is None:
+            raise ConfigError(f"method.distill={self.distill} needs a fine-tuned teacher: set init_from=<a "
+                              "method=full run or checkpoint>, or method.distill=0")
 
     def optimizer_step(self, *args: Any, **kw: Any) -> None:
         super().optimizer_step(*args, **kw)
@@ -131,7 +158,7 @@ class GatesModule(TaskModule):
     def summary(self) -> dict[str, Any]:
         out = super().summary()
         out["gates"] = {
-            "lambda": self.lam, "mu": self.mu, **self.gates.stats(),
+            "lambda": self.lam, "mu": self.mu, "distill": self.distill, **self.gates.stats(),
             "values": self.gates.values().detach().cpu().tolist(),
             "usage": self.gates.usage.cpu().tolist(),
         }

@@ -17,14 +17,13 @@ import logging
 import math
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from dyntok.errors import ConfigError
 from dyntok.lengths import LengthConfig
-from dyntok.methods.base import TaskModule
+from dyntok.methods.base import KdDirection, TaskModule, distillation_loss
 from dyntok.search import (
     EvolutionarySearch,
     Gene,
@@ -37,41 +36,12 @@ from dyntok.search import (
 
 log = logging.getLogger("dyntok")
 
-KdDirection = Literal["forward", "reverse"]
 
 SEARCH_DEFAULTS: dict[str, Any] = {
     "enabled": True, "split": "validation", "max_examples": 1000, "population": 20, "iterations": 30,
     "mutations": 30, "crossovers": 30, "mutation_prob": 0.5, "seed": 0, "store": None,
     "budget": 0.4, "budget_unit": "ratio", "eval_batch_size": 128, "curves": True, "min_length": 0,
 }
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, problem: str,
-                      direction: KdDirection = "forward") -> torch.Tensor:
-    """In-place distillation loss of a sub-model towards the detached full model.
-
-    Args:
-        student, teacher: logits, (B, C) classification, (B,) regression or (B, T, 2) span start/end.
-        direction: ``forward`` = KL(teacher || student), conventional in-place distillation (Yu & Huang
-            2019): the student covers the teacher's distribution. ``reverse`` = KL(student || teacher), what
-            the original LAT code computes (its ``kl_div`` arguments are swapped).
-
-    Returns:
-        scalar, mean over examples (and over start/end for span).
-    """
-    teacher = teacher.detach()
-    if problem == "regression":
-        return F.mse_loss(student.float(), teacher.float())
-    if problem == "span":  # (B, T, 2) -> (2B, T): one distribution over positions per start/end
-        student = student.float().transpose(1, 2).reshape(-1, student.size(1))
-        teacher = teacher.float().transpose(1, 2).reshape(-1, teacher.size(1))
-    log_s = F.log_softmax(student.float(), -1)
-    log_t = F.log_softmax(teacher.float(), -1)
-    if direction == "forward":
-        return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
-    if direction == "reverse":
-        return F.kl_div(log_t, log_s, log_target=True, reduction="batchmean")
-    raise ConfigError(f"method.kd_direction must be 'forward' or 'reverse', got {direction!r}")
 
 
 class LengthDropModule(TaskModule):
