@@ -141,14 +141,16 @@ class Predictor:
 
     @torch.inference_mode()
     def evaluate(self, split: str = "test", data_dir: str | None = None, batch_size: int | None = None,
-                 length_config: Any = None, max_examples: int | None = None) -> dict[str, float]:
+                 length_config: Any = None, max_examples: int | None = None,
+                 datamodule=None) -> dict[str, float]:
         """The task metrics and MACs of this checkpoint on one split of its task (any split the DataModule
-        has: ``train``, ``validation``, ``test``, ...), with its length configuration.
+        has: ``train``, ``validation``, ``test``, ...), with its length configuration. ``datamodule``: one
+        from :meth:`datamodule` to reuse across calls (else a new one reads ``data_dir``).
 
         Raises:
             ConfigError / DataError: an unknown split, or data that cannot be found (give ``data_dir``).
         """
-        dm = self.datamodule(data_dir)
+        dm = datamodule if datamodule is not None else self.datamodule(data_dir)
         metrics = self.module.split_metrics(split, dm, prefix="").to(self.device)
         rep = MacsReport(dims=self.module.dims, max_length=self.max_length, problem=self.task.problem)
         for batch in dm.dataloader(split, batch_size=batch_size, max_examples=max_examples):

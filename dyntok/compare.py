@@ -11,8 +11,8 @@ LengthDrop run with its searched frontier. Then, on the report split and in this
   of ``--repeats`` passes over length-sorted batches of ``--batch-size``) and its speed-up against the full
   model measured in the same process;
 - training time per step of each method relative to ``method=full`` on the same batches;
-- peak memory of inference: the peak resident memory of a fresh CPU process per method that loads its
-  checkpoint and evaluates the split (``--memory``).
+- memory of inference, in a fresh CPU process per method that loads its checkpoint and data: resident
+  memory before the evaluation and what evaluating the split adds at its peak (``--memory``).
 
 Writes ``<out>.md`` (table, goals, the command) and ``<out>.png`` / ``<out>_speed.png`` (metric against MACs
 ratio and against measured speed-up, one curve per method), and prints one line per goal, met or not.
@@ -126,19 +126,24 @@ def train_step_ms(preds: dict[str, Any], batches: list[dict[str, torch.Tensor]],
     return out
 
 
-def _peak_rss_mb(ckpt: str, split: str, data_dir: str | None, batch_size: int, max_examples: int | None) -> float:
-    """Peak resident memory (MB) of a fresh process that loads ``ckpt`` and runs it over the split."""
+def _inference_memory(ckpt: str, split: str, data_dir: str | None, batch_size: int,
+                      max_examples: int | None) -> dict[str, float]:
+    """Resident memory (MB) of a fresh CPU process that loads ``ckpt`` and its data, then evaluates the
+    split: ``rss_mb`` before the evaluation (weights, data, framework) and ``inference_mb``, what the
+    evaluation added at its peak (:func:`dyntok.bench.peak_memory_mb`). NaN where it cannot be measured."""
     import subprocess
 
-    code = ("import resource,sys,dyntok; p=dyntok.load(sys.argv[1]); "
-            "p.evaluate(sys.argv[2], None if sys.argv[3]=='-' else sys.argv[3], int(sys.argv[4]), "
-            "max_examples=None if sys.argv[5]=='-' else int(sys.argv[5])); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    code = ("import json,sys,dyntok; from dyntok.bench import peak_memory_mb; p=dyntok.load(sys.argv[1]); "
+            "dm=p.datamodule(None if sys.argv[3]=='-' else sys.argv[3]); dm.setup(); "
+            "before, peak = peak_memory_mb(lambda: p.evaluate(sys.argv[2], batch_size=int(sys.argv[4]), "
+            "max_examples=None if sys.argv[5]=='-' else int(sys.argv[5]), datamodule=dm)); "
+            "print(json.dumps({'rss_mb': before, 'inference_mb': peak - before}))")
     proc = subprocess.run([sys.executable, "-c", code, ckpt, split, data_dir or "-", str(batch_size),
                            str(max_examples) if max_examples else "-"], capture_output=True, text=True)
     if proc.returncode != 0:
-        return float("nan")
-    return int(proc.stdout.strip().splitlines()[-1]) / 1024
+        warnings.warn(f"memory of {ckpt} not measured: {proc.stderr.strip().splitlines()[-1:]}", stacklevel=2)
+        return {"rss_mb": float("nan"), "inference_mb": float("nan")}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def tested_checkpoint(rec: dict[str, Any]) -> str:
@@ -223,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
                 front = [front[i] for i in idx]
             for row in front:
                 lc = gene_to_config(tuple(row["gene"]), ref_len)
-                add({"method": "lengthdrop", "label": "lengthdrop (searched)", "config": lc.describe(),
+                add({"method": "lengthdrop", "label": rec.get("label") or "lengthdrop (searched)",
+                     "config": lc.describe(),
                                **measure(pred, batches, lc, **kw)})
     for p in points:
         p["speedup"] = ref["ms_per_example"] / p["ms_per_example"]
@@ -242,16 +248,16 @@ def run(args: argparse.Namespace) -> int:
     if args.memory:
         ckpts = {"full": full_ckpt, **{m: tested_checkpoint(next(r for r in records if r["method"] == m))
                                       for m in preds if m != "full"}}
-        memory = {m: _peak_rss_mb(c, split, args.data_dir, args.batch_size, args.max_examples)
+        memory = {m: _inference_memory(c, split, args.data_dir, args.batch_size, args.max_examples)
                   for m, c in ckpts.items()}
     for p in points:
         base = p["method"].split(" ")[0]
-        p["peak_rss_mb"] = memory.get(base if base in memory else "full") if memory else None
+        p.update(memory.get(base if base in memory else "full", {}))
 
     reduction = args.goal_reduction or GOAL_REDUCTION.get(full_rec["task"], GOAL_REDUCTION_DEFAULT)
     goals = _goals(points, metric, step_ms, reduction)
     cols = ["method", "label", "config", "lambda", metric, "delta", "macs_ratio", "macs_reduction", "padded_macs_ratio",
-            "ms_per_example", "speedup", "speed_share", "bimodal_share", "peak_rss_mb"]
+            "ms_per_example", "speedup", "speed_share", "bimodal_share", "rss_mb", "inference_mb"]
     rows = sorted(points, key=lambda p: (p["method"], p["macs_ratio"]))
     table = format_table(rows, [c for c in cols if any(p.get(c) is not None for p in rows)])
     steps = "\n".join(f"| {m} | {ms:.1f} | {ms / step_ms['full']:.2f}x |" for m, ms in step_ms.items())
@@ -281,9 +287,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def curve_name(point: dict[str, Any]) -> str:
-    """Plot curve of a point: its method, with extraction split by schedule (constant ratio, first layers
-    whole), which are different curves."""
-    return point["label"] if point["method"] == "extraction" else point["method"]
+    """Plot curve of a point: its run label (extraction schedules, gates and LengthDrop recipes are
+    different curves); the full model and truncation by method."""
+    return point["method"] if point["method"] in ("full", "truncation") else point["label"]
 
 
 def plot_points(points: list[dict[str, Any]], metric: str, out: Path, title: str, device: str) -> None:
@@ -357,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--goal-reduction", type=float, default=None,
                     help="MACs goal, x fewer at <= 1 point drop (default: 4 on imdb, 2.5 otherwise)")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
-                    help="peak resident memory per method (a fresh CPU process each)")
+                    help="memory per method: resident before evaluating, and added at the evaluation's peak "
+                         "(a fresh CPU process each)")
     args = ap.parse_args(argv)
     args.argv = argv
     try:

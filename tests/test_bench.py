@@ -147,3 +147,18 @@ def test_best_pass_ms_takes_the_fastest_pass_per_example():
     assert 2 * 2.0 / 5 <= ms < 2 * 30.0 / 5  # two fast calls over 5 examples, not the slow pass
     with pytest.raises(ValueError, match="repeats >= 1"):
         best_pass_ms(forward, batches, repeats=0)
+
+
+def test_peak_memory_counts_what_the_call_allocates_not_what_was_resident():
+    from dyntok.bench import peak_memory_mb
+
+    try:
+        peak_memory_mb(lambda: None)
+    except OSError:
+        pytest.skip("no /proc/self/clear_refs here")
+    resident = torch.ones(64 * 2**20 // 4)  # 64 MB already resident before the call: not counted
+    before, peak = peak_memory_mb(lambda: torch.ones(256 * 2**20 // 4).sum())  # 256 MB while it runs
+    assert peak - before > 200
+    before, peak = peak_memory_mb(lambda: None)
+    assert peak - before < 50 and before > 64
+    del resident

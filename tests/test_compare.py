@@ -68,6 +68,12 @@ def test_compare_measures_every_method_on_tiny_runs(tmp_path):
     assert main([str(runs), "--out", str(out), "--truncate", "4", "8", "--repeats", "1", "--train-steps", "3",
                  "--no-memory"]) == 0
     data = json.loads(out.with_name("bench.json").read_text())
+    # memory, in a fresh process: the resident model, data and framework, and what evaluating adds
+    from dyntok.checkpoint import run_checkpoint
+    from dyntok.compare import _inference_memory
+
+    mem = _inference_memory(str(run_checkpoint(runs / "full")), "test", None, 8, 16)
+    assert mem["rss_mb"] > 100 and 0 <= mem["inference_mb"] < mem["rss_mb"]
     methods = {p["method"] for p in data["points"]}
     assert {"full", "truncation", "extraction", "lengthdrop"} <= methods and methods & {"gates", "gates (mu=0)"}
     full = next(p for p in data["points"] if p["method"] == "full")
@@ -85,7 +91,7 @@ def test_compare_measures_every_method_on_tiny_runs(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000 and (out.parent / "bench_speed.png").exists()
 
 
-def test_extraction_schedules_are_separate_curves(tmp_path):
+def test_each_extraction_schedule_and_recipe_is_its_own_curve(tmp_path):
     from dyntok.compare import curve_name, plot_points
 
     pts = [{"method": "full", "label": "full model", "macs_ratio": 1.0, "accuracy": 0.9, "speedup": 1.0},
@@ -95,6 +101,6 @@ def test_extraction_schedules_are_separate_curves(tmp_path):
             "speedup": 1.9},
            {"method": "gates", "label": "gates (mu=300)", "macs_ratio": 0.3, "accuracy": 0.88, "speedup": 2.5}]
     assert [curve_name(p) for p in pts] == ["full", "extraction (constant ratio)",
-                                            "extraction (layers 1-2 whole)", "gates"]
+                                            "extraction (layers 1-2 whole)", "gates (mu=300)"]
     plot_points(pts, "accuracy", tmp_path / "bench", "sst2 (test)", "cpu")
     assert (tmp_path / "bench.png").stat().st_size > 1000 and (tmp_path / "bench_speed.png").stat().st_size > 1000
