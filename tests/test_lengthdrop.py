@@ -145,3 +145,23 @@ def test_unreachable_macs_budget_fails_before_training(tmp_path):
     assert proc.returncode == 2
     assert "method.search.budget=0.1 (ratio) is below the cheapest configuration" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()  # no training step was spent
+
+
+def test_from_a_lengthdrop_run_a_new_search_runs_unless_disabled(tmp_path):
+    search = ["method.search.population=4", "method.search.iterations=1", "method.search.mutations=2",
+              "method.search.crossovers=2", "method.search.max_examples=16", "method.search.curves=false"]
+    first = _run([*TINY, "method=lengthdrop", *search, "method.search.budget=0.8"], tmp_path / "a")
+    assert first.returncode == 0, first.stderr[-3000:]
+    chosen = json.loads((tmp_path / "a" / "results.json").read_text())["length_config"]
+    # another budget on the trained model: the search runs again, it does not reuse the old choice
+    again = _run([*TINY, "method=lengthdrop", "train=false", f"init_from={tmp_path / 'a'}", *search,
+                  "method.search.budget=1.0"], tmp_path / "b")
+    assert again.returncode == 0, again.stderr[-3000:]
+    rec = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert rec["search"] is not None and rec["search"]["budget"] == 1.0
+    # no search: the loaded run's configuration is what is tested
+    keep = _run([*TINY, "method=lengthdrop", "train=false", f"init_from={tmp_path / 'a'}",
+                 "method.search.enabled=false"], tmp_path / "c")
+    assert keep.returncode == 0, keep.stderr[-3000:]
+    rec = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert rec["search"] is None and rec["length_config"] == chosen

@@ -93,6 +93,7 @@ class LengthDropModule(TaskModule):
             LengthConfig.parse(length_config, self.model.num_layers, "method.length_config")
             if length_config is not None else None
         )
+        self.explicit_config = length_config is not None
         self.rng = random.Random(0)
         self.search_summary: dict[str, Any] = {}
         # The standard model (init_from) for the constant-ratio curve; kept out of the state dict.
@@ -358,9 +359,16 @@ class LengthDropModule(TaskModule):
         return out
 
     def on_init_from(self, meta: dict[str, Any]) -> None:
-        """Keep the standard fine-tuned model for the constant-ratio comparison curve: the ``method=full``
+        """From a LengthDrop checkpoint, the configuration it chose is kept only when this run does not
+        search (``method.search.enabled=false``): new training or a new budget needs a new search.
+
+        Keep the standard fine-tuned model for the constant-ratio comparison curve: the ``method=full``
         model just loaded or, from a LengthDrop checkpoint, the ``method=full`` run it started from (its
         ``init_from``); without one the curve is left out (a warning says so)."""
+        if not self.explicit_config and self.test_config is not None and self.search_cfg["enabled"]:
+            log.info("init_from chose %s; searching again (method.search.enabled=false keeps it)",
+                     self.test_config.describe())
+            self.test_config = None
         if meta.get("method") == "FullFineTuning":
             object.__setattr__(self, "baseline", copy.deepcopy(self.model).eval())
             return
