@@ -223,6 +223,15 @@ def test_lengthdrop_from_lengthdrop_keeps_the_original_standard_model(tmp_path, 
     for (name, a), b in zip(again.baseline.state_dict().items(), full_module.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name  # the method=full weights, not the LengthDrop ones
     assert not torch.equal(next(again.model.parameters()), next(again.baseline.parameters()))
+    # trained on in a second LengthDrop run: the chain of init_from leads back to the same full model
+    again.run_config = {"model": {"name": "tiny"}, "init_from": str(tmp_path / "ld.ckpt")}
+    ckpt = {"state_dict": again.state_dict()}
+    again.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "ld_more.ckpt")
+    third = _tiny_module(LengthDropModule)
+    third.on_init_from(load_init_weights(third, tmp_path / "ld_more.ckpt", "tiny"))
+    for (name, a), b in zip(third.baseline.state_dict().items(), full_module.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
     # a source that is gone: no standard curve, and a warning that says why
     ld.run_config["init_from"] = str(tmp_path / "gone")
     ckpt = {"state_dict": ld.state_dict()}

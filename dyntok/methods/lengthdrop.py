@@ -364,7 +364,8 @@ class LengthDropModule(TaskModule):
 
         Keep the standard fine-tuned model for the constant-ratio comparison curve: the ``method=full``
         model just loaded or, from a LengthDrop checkpoint, the ``method=full`` run it started from (its
-        ``init_from``); without one the curve is left out (a warning says so)."""
+        ``init_from``, followed back through further LengthDrop runs); without one the curve is left out
+        (a warning says so)."""
         if not self.explicit_config and self.test_config is not None and self.search_cfg["enabled"]:
             log.info("init_from chose %s; searching again (method.search.enabled=false keeps it)",
                      self.test_config.describe())
@@ -372,15 +373,22 @@ class LengthDropModule(TaskModule):
         if meta.get("method") == "FullFineTuning":
             object.__setattr__(self, "baseline", copy.deepcopy(self.model).eval())
             return
-        source = ((meta.get("config") or {}).get("init_from"))
         from dyntok.checkpoint import model_weights, read_checkpoint
         from dyntok.errors import CheckpointError
 
-        try:
-            state = read_checkpoint(source) if source else None
-        except CheckpointError as e:
-            state, source = None, f"{source} ({e})"
-        if state is None or state["dyntok"].get("method") != "FullFineTuning":
+        # Follow init_from back through LengthDrop runs (trained on in stages) to the method=full one.
+        source, state, seen = (meta.get("config") or {}).get("init_from"), None, set()
+        while source and str(source) not in seen and len(seen) < 16:
+            seen.add(str(source))
+            try:
+                state = read_checkpoint(source)
+            except CheckpointError as e:
+                state, source = None, f"{source} ({e})"
+                break
+            if state["dyntok"].get("method") == "FullFineTuning":
+                break
+            source, state = (state["dyntok"].get("config") or {}).get("init_from"), None
+        if state is None:
             log.warning("init_from is a LengthDrop checkpoint whose method=full source (%s) cannot be read: "
                         "no standard-model constant-ratio curve", source)
             return
