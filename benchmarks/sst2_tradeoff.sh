@@ -44,6 +44,17 @@ run "$OUT/gates_mu0/lam_2.5" method=gates "init_from=$OUT/full" trainer.max_epoc
 # 1,000 held-out training sentences); p=0.35 reaches 0.33x MACs on 6 layers; no LayerDrop (see README)
 run "$OUT/lengthdrop" method=lengthdrop "init_from=$OUT/full" trainer.max_epochs=1 method.layer_drop=0.0 \
     "label='lengthdrop (searched)'"
+# three more LengthDrop epochs (four in all; the paper trains five), tested first with the configuration the
+# one-epoch search chose (no new search), then searched again with the same settings
+run "$OUT/lengthdrop_4ep" method=lengthdrop "init_from=$OUT/lengthdrop" trainer.max_epochs=3 method.layer_drop=0.0 \
+    method.search.enabled=false "label='lengthdrop (4 epochs, 1-epoch configuration)'"
+run "$OUT/lengthdrop_4ep_search" method=lengthdrop train=false "init_from=$OUT/lengthdrop_4ep" \
+    "label='lengthdrop (4 epochs, searched)'"
+# gates distilled from the fine-tuned model (method.distill, not in the paper), three epochs as above
+for lam in 2.5 3.0; do
+  run "$OUT/gates_kd/lam_${lam}_a0.5" method=gates "init_from=$OUT/full" trainer.max_epochs=3 "regularizer.lambda=$lam" \
+      regularizer.mu=300 "method.mu_ramp=[0.3,0.6]" method.distill=0.5 "label='gates (mu=300, 3 epochs, distilled)'"
+done
 "$PY" -m dyntok.report "$OUT" "${OUT}_ref" --split test --out docs/sst2_tradeoff
 # every run side by side in one process: accuracy, MACs, measured latency, training step, memory, goals
 "$PY" -m dyntok.compare "$OUT" --data-dir "$DATA" --out docs/sst2_benchmark
