@@ -188,8 +188,8 @@ def test_step_checkpoint_rejects_a_bad_interval(tmp_path):
 # ---- checkpoints into the wrong model or method --------------------------------------------------
 
 
-def _save(module, path: Path, model_name: str = "tiny") -> Path:
-    module.run_config = {"model": {"name": model_name}}
+def _save(module, path: Path, model_name: str = "tiny", init_from: Path | None = None) -> Path:
+    module.run_config = {"model": {"name": model_name}, **({"init_from": str(init_from)} if init_from else {})}
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)
     torch.save(ckpt, path)
@@ -213,30 +213,23 @@ def test_lengthdrop_from_lengthdrop_keeps_the_original_standard_model(tmp_path, 
     with torch.no_grad():  # LengthDrop training moved the weights away from the standard model
         for p in ld.model.parameters():
             p.add_(1.0)
-    ld.run_config = {"model": {"name": "tiny"}, "init_from": str(full)}
-    ckpt = {"state_dict": ld.state_dict()}
-    ld.on_save_checkpoint(ckpt)
-    torch.save(ckpt, tmp_path / "ld.ckpt")
+    _save(ld, tmp_path / "ld.ckpt", init_from=full)
 
-    again = _tiny_module(LengthDropModule)
-    again.on_init_from(load_init_weights(again, tmp_path / "ld.ckpt", "tiny"))
+    def standard_model_of(ckpt: Path):
+        module = _tiny_module(LengthDropModule)
+        module.on_init_from(load_init_weights(module, ckpt, "tiny"))
+        return module
+
+    again = standard_model_of(tmp_path / "ld.ckpt")
     for (name, a), b in zip(again.baseline.state_dict().items(), full_module.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name  # the method=full weights, not the LengthDrop ones
     assert not torch.equal(next(again.model.parameters()), next(again.baseline.parameters()))
     # trained on in a second LengthDrop run: the chain of init_from leads back to the same full model
-    again.run_config = {"model": {"name": "tiny"}, "init_from": str(tmp_path / "ld.ckpt")}
-    ckpt = {"state_dict": again.state_dict()}
-    again.on_save_checkpoint(ckpt)
-    torch.save(ckpt, tmp_path / "ld_more.ckpt")
-    third = _tiny_module(LengthDropModule)
-    third.on_init_from(load_init_weights(third, tmp_path / "ld_more.ckpt", "tiny"))
+    third = standard_model_of(_save(again, tmp_path / "ld_more.ckpt", init_from=tmp_path / "ld.ckpt"))
     for (name, a), b in zip(third.baseline.state_dict().items(), full_module.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     # a source that is gone: no standard curve, and a warning that says why
-    ld.run_config["init_from"] = str(tmp_path / "gone")
-    ckpt = {"state_dict": ld.state_dict()}
-    ld.on_save_checkpoint(ckpt)
-    torch.save(ckpt, tmp_path / "ld2.ckpt")
+    _save(ld, tmp_path / "ld2.ckpt", init_from=tmp_path / "gone")
     lone = _tiny_module(LengthDropModule)
     with caplog.at_level("WARNING", logger="dyntok"):
         lone.on_init_from(load_init_weights(lone, tmp_path / "ld2.ckpt", "tiny"))
