@@ -2,7 +2,7 @@
 # SST-2 accuracy/compute trade-off with MiniLM, every method on the same recipe (16,000 training
 # sentences, 2 epochs), reported on the SST-2 dev set, then measured side by side (dyntok.compare):
 #   full fine-tuning -> untrained extraction -> gates over a lambda grid -> LengthDrop + search.
-# About 90 minutes on 2 CPU cores after the full model (10 minutes).
+# About 2.5 hours on 2 CPU cores after the full model (10 minutes).
 # Usage: benchmarks/sst2_tradeoff.sh [DATA_DIR=../shared/data/glue] [OUT=runs/sst2]
 # Every stage skips work already done (results.json present), so a killed run is resumed by rerunning.
 set -euo pipefail
@@ -55,6 +55,12 @@ for lam in 2.5 3.0; do
   run "$OUT/gates_kd/lam_${lam}_a0.5" method=gates "init_from=$OUT/full" trainer.max_epochs=3 "regularizer.lambda=$lam" \
       regularizer.mu=300 "method.mu_ramp=[0.3,0.6]" method.distill=0.5 "label='gates (mu=300, 3 epochs, distilled)'"
 done
+run "$OUT/gates_kd/lam_3.0_a0.9" method=gates "init_from=$OUT/full" trainer.max_epochs=3 regularizer.lambda=3.0 \
+    regularizer.mu=300 "method.mu_ramp=[0.3,0.6]" method.distill=0.9 "label='gates (mu=300, 3 epochs, distilled)'"
+# uniform layer weights in R_sparse (every layer's gates cost the same): lambda 3 then closes almost everything
+run "$OUT/gates_kd_uniform/lam_3.0_a0.5" method=gates "init_from=$OUT/full" trainer.max_epochs=3 regularizer.lambda=3.0 \
+    regularizer.mu=300 "method.mu_ramp=[0.3,0.6]" method.distill=0.5 method.layer_weighting=uniform \
+    "label='gates (uniform layer weights, distilled)'"
 "$PY" -m dyntok.report "$OUT" "${OUT}_ref" --split test --out docs/sst2_tradeoff
 # every run side by side in one process: accuracy, MACs, measured latency, training step, memory, goals
 "$PY" -m dyntok.compare "$OUT" --data-dir "$DATA" --out docs/sst2_benchmark
