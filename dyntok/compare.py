@@ -147,9 +147,14 @@ def _inference_memory(ckpt: str, split: str, data_dir: str | None, batch_size: i
 
 
 def tested_checkpoint(rec: dict[str, Any]) -> str:
-    """The checkpoint a run tested (:func:`dyntok.checkpoint.run_checkpoint` of its folder)."""
+    """The checkpoint a run tested (:func:`dyntok.checkpoint.run_checkpoint` of its folder); a run that did
+    not train (``train=false``, e.g. a search over a trained LengthDrop model) tested its ``init_from``."""
     from dyntok.checkpoint import run_checkpoint
 
+    cfg = rec.get("config") or {}
+    if cfg.get("train", True) is False and cfg.get("init_from"):
+        source = Path(cfg["init_from"])
+        return str(source if source.is_file() else run_checkpoint(source))
     return str(run_checkpoint(rec["path"]))
 
 
@@ -222,6 +227,11 @@ def run(args: argparse.Namespace) -> int:
             pred = dyntok.load(tested_checkpoint(rec))
             preds.setdefault("lengthdrop", pred)
             ref_len = int(cfg.get("task", {}).get("max_length") or 128)
+            if not (run_dir / "frontier.json").exists():  # no search in this run: the configuration it tested
+                lc = LengthConfig.parse(rec.get("length_config") or 1.0, pred.module.model.num_layers, "length_config")
+                add({"method": "lengthdrop", "label": rec.get("label") or "lengthdrop", "config": lc.describe(),
+                     **measure(pred, batches, lc, **kw)})
+                continue
             front = sorted(json.loads((run_dir / "frontier.json").read_text())["frontier"], key=lambda r: r["macs"])
             if args.max_frontier and len(front) > args.max_frontier:  # evenly spaced, cheapest and dearest kept
                 idx = np.unique(np.linspace(0, len(front) - 1, args.max_frontier).round().astype(int))

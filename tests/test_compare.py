@@ -64,10 +64,16 @@ def test_compare_measures_every_method_on_tiny_runs(tmp_path):
           "method.search.budget=1.0", "method.search.curves=false"]
     proc = _run([*short, *ld], runs / "lengthdrop")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # a LengthDrop run without a search (a given configuration): measured as the one point it tested
+    proc = _run([*short, "method=lengthdrop", "train=false", f"init_from={runs / 'lengthdrop'}",
+                 "method.length_config=0.5", "label=fixed"], runs / "lengthdrop_fixed")
+    assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "docs" / "bench"
     assert main([str(runs), "--out", str(out), "--truncate", "4", "8", "--repeats", "1", "--train-steps", "3",
                  "--no-memory"]) == 0
     data = json.loads(out.with_name("bench.json").read_text())
+    fixed = [p for p in data["points"] if p["label"] == "fixed"]
+    assert len(fixed) == 1 and fixed[0]["method"] == "lengthdrop" and fixed[0]["macs_ratio"] < 0.9
     # memory, in a fresh process: the resident model, data and framework, and what evaluating adds
     from dyntok.checkpoint import run_checkpoint
     from dyntok.compare import _inference_memory
