@@ -72,11 +72,13 @@ class Predictor:
         """The configuration the checkpoint infers with (None: every token, or per-example gate lengths)."""
         return self.module.eval_length_config()
 
-    def _lengths(self, real: torch.Tensor, length_config) -> torch.Tensor | None:
+    def forward(self, batch: dict[str, torch.Tensor], length_config=None):
+        """The module's :meth:`~dyntok.methods.base.TaskModule.infer` on a collated batch, with
+        ``length_config`` (any form :meth:`LengthConfig.parse` reads) or the checkpoint's own rule."""
+        cfg = None
         if length_config is not None:
             cfg = LengthConfig.parse(length_config, self.module.model.num_layers, "length_config")
-            return cfg.resolve(real)
-        return self.module.inference_lengths(real)
+        return self.module.infer(batch, cfg)
 
     @torch.inference_mode()
     def predict(self, texts: list[str] | list[tuple[str, str]], batch_size: int = 64,
@@ -111,7 +113,7 @@ class Predictor:
             batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
             real = batch["attention_mask"].sum(1)
-            out = self.module(batch, lengths=self._lengths(real, length_config))
+            out = self.forward(batch, length_config)
             p = out.logits.float() if self.task.problem == "regression" else out.logits.float().softmax(-1)
             k_ = out.encoder.kept.cpu()
             m = model_macs(dims, real.cpu(), k_, self.task.problem).numpy()
@@ -155,8 +157,7 @@ class Predictor:
         rep = MacsReport(dims=self.module.dims, max_length=self.max_length, problem=self.task.problem)
         for batch in dm.dataloader(split, batch_size=batch_size, max_examples=max_examples):
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            real = batch["attention_mask"].sum(1)
-            out = self.module(batch, lengths=self._lengths(real, length_config))
+            out = self.forward(batch, length_config)
             self.module.update_metrics(metrics, out.logits, batch)
             rep.update(out.encoder.input_lengths, out.encoder.kept)
         vals = {k: float(v) for k, v in metrics.compute().items()}

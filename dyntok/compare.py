@@ -89,13 +89,13 @@ def measure(pred, batches: list[dict[str, torch.Tensor]], length_config: Any = N
     n = 0
     for b, orig in zip(runs, batches, strict=True):
         real = b["attention_mask"].sum(1)
-        out = module(b, lengths=pred._lengths(real, length_config))
+        out = pred.forward(b, length_config)
         module.update_metrics(metrics, out.logits, b)
         macs += float(encoder_macs(dims, real, out.encoder.kept).sum())
         full += float(full_macs(dims, orig["attention_mask"].sum(1)).sum())
         n += int(real.numel())
     timed_runs = runs if timed is None else [runs[i] for i in timed]
-    ms = best_pass_ms(lambda b: module(b, lengths=pred._lengths(b["attention_mask"].sum(1), length_config)),
+    ms = best_pass_ms(lambda b: pred.forward(b, length_config),
                       timed_runs, repeats, pred.device)
     vals = {k: float(v) for k, v in metrics.compute().items()}
     return {**vals, "macs_ratio": macs / full, "padded_macs_ratio": macs / float(padded_macs(dims, pred.max_length)) / n,

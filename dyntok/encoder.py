@@ -20,6 +20,7 @@ significance scores are not needed; explicit probabilities only where a layer dr
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -157,7 +158,8 @@ def attention_with_scores(
         q, k, v: (B, H, K, dh); mask: (B, K) bool, True for real tokens.
         key_weight: (B, K) in [0, 1] or None: each key's attention probability is multiplied by its
             weight and the row renormalised (weight 0 = the key is gone, 1 = untouched; the soft form of
-            token removal that rank gates train through).
+            token removal that rank gates train through); each query's row counts in the scores with the
+            same weight.
 
     Returns:
         context (B, H, K, dh) and scores (B, K).
@@ -167,7 +169,11 @@ def attention_with_scores(
     n = B * H
     bias = torch.zeros(B, 1, K, dtype=q.dtype, device=q.device)
     bias = bias.masked_fill(~mask[:, None, :], torch.finfo(q.dtype).min).repeat_interleave(H, 0)
-    qmask = mask.to(q.dtype)[:, None, :].repeat_interleave(H, 0)  # (n, 1, Q)
+    qmask = mask.to(q.dtype)
+    if key_weight is not None:
+        # a gated-out token is no query at inference either: its row leaves the scores (no gradient: a rank)
+        qmask = qmask * key_weight.detach().to(q.dtype)
+    qmask = qmask[:, None, :].repeat_interleave(H, 0)  # (n, 1, Q)
     kw = key_weight.to(q.dtype)[:, None, :].repeat_interleave(H, 0) if key_weight is not None else None
     qf, kt, vf = q.reshape(n, Q, dh), k.reshape(n, K, dh).transpose(1, 2), v.reshape(n, K, dh)
     if chunk_bytes is None:
@@ -204,23 +210,30 @@ def significance_order(
 
 
 def select_tokens(
-    scores: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, keep_cls: bool
+    scores: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, keep_cls: bool,
+    ranks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the tokens to keep: top-``keep`` per row by significance.
+    """Indices of the tokens to keep: top-``keep`` per row by significance, or the tokens of the given ranks.
 
     Args:
         scores: (B, K) significance of the current tokens.
         mask: (B, K) bool, real tokens.
         positions: (B, K) original positions (position 0 is [CLS]).
-        keep: (B,) long, tokens to keep per row (<= real tokens in that row).
+        keep: (B,) long, tokens to keep per row (<= real tokens in that row); with ``ranks``, the number of
+            entries of ``ranks`` below the row's real tokens.
         keep_cls: rank the [CLS] token first so it is always kept.
+        ranks: (R,) long, ascending significance ranks to keep (rank gates open at those ranks), or None
+            for ranks 0..keep-1.
 
     Returns:
         index (B, K') long into the current K (K' = keep.max(), in descending significance) and the new
         (B, K') bool mask (True for the first keep[b] entries of row b).
     """
     k_new = int(keep.max())
-    index = significance_order(scores, mask, positions, keep_cls)[:, :k_new]
+    order = significance_order(scores, mask, positions, keep_cls)
+    if ranks is not None:
+        order = order[:, ranks[:k_new]]
+    index = order[:, :k_new]
     new_mask = torch.arange(k_new, device=keep.device)[None, :] < keep[:, None]
     return index, new_mask
 
@@ -307,8 +320,9 @@ class TokenDroppingEncoder(nn.Module):
         restore: bool = False,
         skip_layers: Sequence[bool] | None = None,
         rank_gates: Sequence[torch.Tensor | None] | None = None,
+        keep_ranks: Sequence[torch.Tensor | None] | None = None,
     ) -> EncoderOutput:
-        """Encode, dropping tokens as ``lengths`` says.
+        """Encode, dropping tokens as ``lengths`` (or ``keep_ranks``) says.
 
         Args:
             input_ids: (B, T) long.
@@ -323,7 +337,12 @@ class TokenDroppingEncoder(nn.Module):
             rank_gates: L entries of None or a (T_max,) gate vector: the token of significance rank k
                 leaves layer j with weight g[k] (Jeong & Kwak 2021): in later layers its attention
                 probability as a key is multiplied by the product of its gates so far (0 = dropped, as the
-                physical gather at inference; 1 = kept). T_max must be >= T.
+                physical gather at inference; 1 = kept). Tokens whose weight is 0 are also left out of the
+                queries the significance scores sum over, as they are gone at inference. T_max must be >= T.
+            keep_ranks: L entries of None (keep every token) or a (R,) long tensor of ascending significance
+                ranks: layer j keeps exactly the tokens whose rank is listed, l_j = #{r in R_j : r < l_{j-1}}
+                (hard inference of rank gates with ``R_j = {k : g_j[k] > threshold}``; the same tokens the
+                training forward weights by 1). Not with ``lengths``.
 
         Returns:
             :class:`EncoderOutput`.
@@ -339,6 +358,15 @@ class TokenDroppingEncoder(nn.Module):
         kept = []
         # Targets live on the host too (one sync per forward): whether a layer drops anything decides
         # between explicit probabilities and the fused kernel.
+        if keep_ranks is not None:
+            if lengths is not None:
+                raise ConfigError("give lengths or keep_ranks, not both")
+            if len(keep_ranks) != self.num_layers:
+                raise ConfigError(f"keep_ranks must have {self.num_layers} entries, got {len(keep_ranks)}")
+            host_ranks = [r.tolist() if r is not None else None for r in keep_ranks]
+            if any(r is not None and not r for r in host_ranks):
+                raise ConfigError("keep_ranks: every layer must keep at least one rank")
+            host_counts = real.tolist()
         if lengths is not None:
             if lengths.shape != (B, self.num_layers):
                 raise ConfigError(f"lengths must have shape ({B}, {self.num_layers}), got {tuple(lengths.shape)}")
@@ -351,9 +379,14 @@ class TokenDroppingEncoder(nn.Module):
                 continue
             gate = rank_gates[j] if rank_gates is not None else None
             drop = False
+            subset = None
             if lengths is not None:
                 t_j = [min(t, c) for t, c in zip(host_targets[j], host_counts, strict=True)]
                 drop = any(t < c for t, c in zip(t_j, host_counts, strict=True))
+            elif keep_ranks is not None and host_ranks[j] is not None:
+                t_j = [max(1, bisect.bisect_left(host_ranks[j], c)) for c in host_counts]
+                drop = any(t < c for t, c in zip(t_j, host_counts, strict=True))
+                subset = keep_ranks[j].to(h.device)
             a, scores = self._attention(parts, h, mask, need_scores=drop or gate is not None, key_weight=key_weight)
             if gate is not None:
                 ranks = rank_of(scores, mask, positions, keep_cls)
@@ -362,8 +395,8 @@ class TokenDroppingEncoder(nn.Module):
                     g = torch.where(positions == 0, torch.ones_like(g), g)
                 key_weight = g if key_weight is None else key_weight * g
             if drop:
-                target = torch.minimum(lengths[:, j], counts)
-                index, mask = select_tokens(scores, mask, positions, target, keep_cls)
+                target = torch.tensor(t_j, device=counts.device, dtype=counts.dtype)
+                index, mask = select_tokens(scores, mask, positions, target, keep_cls, subset)
                 a = _gather(a, index)
                 positions = positions.gather(1, index)
                 counts, host_counts = target, t_j

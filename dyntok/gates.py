@@ -21,8 +21,12 @@ choice a constructor argument:
   and 1, largest at 0.5, so gates are pushed to a decision. Under straight-through the task gradient flips
   sign where a gate crosses the threshold, and gates settle there; mu is therefore ramped in late in
   training (``GatesModule`` ``mu_ramp``) and large (300 on SST-2), so the pull away from 0.5 wins.
-- **Inference** is hard and physical: l_j = #{k < l_{j-1} : g_j[k] > threshold}, l_0 = the real length,
-  so lengths are non-increasing by construction, and the encoder gathers the top-l_j tokens away.
+- **Inference** is hard and physical: layer j keeps the tokens whose rank k has g_j[k] > threshold, so
+  l_j = #{k < l_{j-1} : g_j[k] > threshold}, l_0 = the real length (non-increasing by construction), and
+  the encoder gathers the rest away. These are exactly the tokens the straight-through training forward
+  keeps (a closed gate below an open one drops its rank there too), and tokens gated out in training leave
+  the significance scores' queries as they leave the sequence at inference: in eval mode the training
+  forward and hard inference give the same logits.
 """
 
 from __future__ import annotations
@@ -164,6 +168,15 @@ class RankGates(nn.Module):
                 cur = cum[j - self.skip_first][cur]
             out.append(cur)
         return torch.stack(out, dim=1)
+
+    @torch.no_grad()
+    def open_ranks(self) -> list[torch.Tensor | None]:
+        """Per layer, the ascending ranks whose gate is above the threshold (rank 0 always; None for the
+        ``skip_first`` layers, which keep every token): :meth:`TokenDroppingEncoder.forward` ``keep_ranks``.
+        The counts this keeps are :meth:`hard_lengths`."""
+        open_ = self.values() > self.threshold
+        open_[:, 0] = True
+        return [None] * self.skip_first + [row.nonzero().squeeze(1) for row in open_]
 
     @torch.no_grad()
     def length_config(self, reference_length: int) -> LengthConfig:

@@ -108,6 +108,48 @@ def test_hard_inference_drops_exactly_the_closed_ranks(tokenizer):
     assert torch.equal(out.encoder.mask.sum(1), lengths[:, -1])
 
 
+LONGER = ["a gorgeous, witty, seductive movie about nothing much, and the best of its kind this year",
+          "dull and long, with a plot that goes nowhere at all", "fine"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hard_inference_equals_the_straight_through_training_forward(tokenizer, seed):
+    """Gates with holes (a closed rank below open ones) in every layer: hard physical inference keeps the
+    same tokens as the training forward, so in eval mode both give the same logits and kept counts; the
+    top-l_j rule with the same counts keeps other tokens and gives other logits."""
+    torch.manual_seed(seed)
+    model = DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT).eval()
+    gates = RankGates(model.num_layers, 64, straight_through=True)
+    with torch.no_grad():
+        gates.theta.copy_((torch.rand(3, 64) < 0.7).float() * 0.8 + 0.1)
+    b = tokenizer(LONGER, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        trained = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], rank_gates=gates.training_gates())
+        hard = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], keep_ranks=gates.open_ranks())
+        top = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                    lengths=gates.hard_lengths(b["attention_mask"].sum(1)))
+    assert torch.equal(hard.encoder.kept, gates.hard_lengths(b["attention_mask"].sum(1)))
+    assert torch.allclose(trained.logits, hard.logits, atol=1e-5)
+    assert torch.allclose(trained.encoder.cls, hard.encoder.cls, atol=1e-5)
+    assert not torch.allclose(top.encoder.cls, hard.encoder.cls, atol=1e-3)
+
+
+def test_gated_out_tokens_leave_the_significance_queries(tokenizer):
+    """Layer 2 ranks its tokens by the attention of the tokens still present: a token gated out after
+    layer 1 no longer adds its attention row to the scores (it is gone at inference)."""
+    from dyntok.encoder import attention_with_scores
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    w = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
+    _, scores = attention_with_scores(q, k, v, mask, key_weight=w)
+    keep = torch.tensor([0, 1, 3])
+    _, ref = attention_with_scores(q[:, :, keep], k[:, :, keep], v[:, :, keep], mask[:, keep])
+    assert torch.allclose(scores[:, keep], ref, atol=1e-6)
+    assert scores[0, 2].abs().item() < 1e-6
+
+
 def test_hard_lengths_are_non_increasing_even_if_gates_are_not():
     gates = RankGates(3, 16)
     with torch.no_grad():

@@ -1,8 +1,9 @@
 """What every method's LightningModule shares: the task model, metrics, MACs accounting, optimizer.
 
 A method subclasses :class:`TaskModule` and implements ``training_step``; it may override
-``eval_lengths`` (the length configuration used at evaluation), ``extra_parameter_groups`` (e.g. gates
-with their own learning rate) and ``summary`` (method-specific fields of ``results.json``).
+``eval_length_config`` or ``inference_forward`` (how the trained model infers), ``validation_forward``,
+``extra_parameter_groups`` (e.g. gates with their own learning rate) and ``summary`` (method-specific
+fields of ``results.json``).
 """
 
 from __future__ import annotations
@@ -129,29 +130,32 @@ class TaskModule(L.LightningModule):
             for split, metrics in zip(self.task.test_splits, self.test_metrics, strict=True):
                 self._bind_span(metrics, split)
 
-    def eval_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """(B, L) kept tokens per layer at evaluation; None = the full model. Methods override."""
-        return None
-
     def eval_length_config(self) -> LengthConfig | None:
         """The length configuration used at evaluation, when it is one fixed configuration."""
         return None
 
-    def inference_lengths(self, real_lengths: torch.Tensor) -> torch.Tensor | None:
-        """(B, L) kept tokens per layer this trained model runs with (``eval_length_config`` or the
-        method's own rule, e.g. hard gates) for inputs of ``real_lengths`` (B,) tokens; None: all tokens."""
-        fixed = getattr(self, "fixed_eval_config", None)
-        cfg = fixed if fixed is not None else self.eval_length_config()
-        return cfg.resolve(real_lengths) if cfg is not None else None
+    def inference_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        """The forward of this method's own inference rule: :meth:`eval_length_config` (None: every token).
+        Methods with a per-example rule (hard gates) override it."""
+        cfg = self.eval_length_config()
+        return self(batch, lengths=cfg.resolve(batch["attention_mask"].sum(1)) if cfg is not None else None)
+
+    def infer(self, batch: dict[str, torch.Tensor], length_config: LengthConfig | None = None) -> ModelOutput:
+        """The forward this trained model serves with (test split, ``dyntok.load``, the benchmark):
+        ``length_config`` when given, else the run's ``eval_length_config=`` override, else
+        :meth:`inference_forward`."""
+        cfg = length_config if length_config is not None else getattr(self, "fixed_eval_config", None)
+        if cfg is not None:
+            return self(batch, lengths=cfg.resolve(batch["attention_mask"].sum(1)))
+        return self.inference_forward(batch)
+
+    def validation_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        """The forward of validation (checkpoint selection): the full model; methods override."""
+        return self(batch)
 
     # ---- evaluation ------------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics, split: str) -> torch.Tensor:
-        fixed = getattr(self, "fixed_eval_config", None)
-        if fixed is not None and self.trainer.testing:
-            lengths = fixed.resolve(batch["attention_mask"].sum(1))
-        else:
-            lengths = self.eval_lengths(batch)
-        out = self(batch, lengths=lengths)
+        out = self.infer(batch) if self.trainer.testing else self.validation_forward(batch)
         loss = self.task_loss(out.logits, batch["labels"])
         self.update_metrics(metrics, out.logits, batch)
         rep = self._macs.setdefault(

@@ -2,7 +2,8 @@
 
 loss = task_loss + lambda * R_sparse + mu * R_bimodal (see :mod:`dyntok.gates`); gates have their own
 learning rate. Validation and test run the hard gates with physical token removal, so the checkpoint's
-reported accuracy and MACs are what inference costs.
+reported accuracy and MACs are what inference costs: a layer keeps exactly the tokens of the ranks whose
+gate is open, the tokens the straight-through training forward keeps.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dyntok.errors import ConfigError
 from dyntok.gates import RankGates
 from dyntok.lengths import LengthConfig
 from dyntok.methods.base import TaskModule, distillation_loss
+from dyntok.model import ModelOutput
 
 
 class GatesModule(TaskModule):
@@ -123,11 +125,12 @@ class GatesModule(TaskModule):
         # Clip right after the step, before any checkpoint is written: a resumed run continues identically.
         self.gates.project_()
 
-    def eval_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.inference_lengths(batch["attention_mask"].sum(1))
+    def inference_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        """Hard gates, physically: layer j keeps exactly the tokens whose rank has an open gate."""
+        return self(batch, keep_ranks=self.gates.open_ranks())
 
-    def inference_lengths(self, real_lengths: torch.Tensor) -> torch.Tensor:
-        return self.gates.hard_lengths(real_lengths)
+    def validation_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        return self.inference_forward(batch)
 
     def eval_length_config(self) -> LengthConfig:
         return self.gates.length_config(self.gates.max_length)

@@ -151,12 +151,6 @@ class LengthDropModule(TaskModule):
         return loss
 
     # ---- evaluation --------------------------------------------------------------------------------
-    def eval_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        # Validation (checkpoint selection) scores the full model; the test uses the chosen configuration.
-        if self.trainer.testing and self.test_config is not None:
-            return self.test_config.resolve(batch["attention_mask"].sum(1))
-        return None
-
     def eval_length_config(self) -> LengthConfig | None:
         return self.test_config
 
