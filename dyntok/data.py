@@ -662,13 +662,15 @@ class DynTokDataModule(lightning.LightningDataModule):
 
     def dataloader(self, split: str, batch_size: int | None = None, shuffle: bool = False,
                    max_examples: int | None = None, num_replicas: int = 1, rank: int = 0,
-                   min_length: int = 0) -> DataLoader:
+                   min_length: int = 0, skip_examples: int = 0) -> DataLoader:
         """Loader over any split name; ``shuffle=False`` gives fixed batches sorted by length (longest first).
 
         ``batch_size`` defaults to ``batch_size`` for train and ``eval_batch_size`` otherwise. With
         ``shuffle=True`` batches are reshuffled every epoch (length-bucketed if ``length_bucketing``).
         ``max_examples`` keeps a seeded random subset of that many examples (e.g. the search split); of
-        questions, with all their windows, for span tasks.
+        questions, with all their windows, for span tasks. ``skip_examples`` leaves out the first that many
+        of the same seeded order, so ``skip_examples=n`` gives examples disjoint from ``max_examples=n``
+        (e.g. the search's re-scoring split).
         ``min_length`` > 0 keeps only examples of at least that many real tokens (special tokens included)
         before the subset is drawn, e.g. to score length configurations on sentences when a split also holds
         short phrases (SST-2's train); classification and regression tasks only.
@@ -689,9 +691,13 @@ class DynTokDataModule(lightning.LightningDataModule):
                 raise ConfigError(f"min_length={min_length}: no {split} example of {self.task.name} is that long "
                                   f"(longest: {int(data.lengths.max())} tokens)")
             data = data.subset(long)
-        if max_examples is not None and max_examples < data.num_examples:
-            keep = np.sort(_rng(self.hparams.seed, f"subset/{split}").permutation(data.num_examples)[:max_examples])
-            data = data.take_examples(keep)
+        if skip_examples >= data.num_examples:
+            raise ConfigError(f"skip_examples={skip_examples}: split {split} of {self.task.name} has only "
+                              f"{data.num_examples} examples{f' of >= {min_length} tokens' if min_length else ''}")
+        if skip_examples > 0 or (max_examples is not None and max_examples < data.num_examples):
+            order = _rng(self.hparams.seed, f"subset/{split}").permutation(data.num_examples)
+            end = None if max_examples is None else skip_examples + max_examples
+            data = data.take_examples(np.sort(order[skip_examples:end]))
         hp = self.hparams
         size = batch_size or (hp.batch_size if split == "train" else hp.eval_batch_size)
         if not shuffle and len(data) < num_replicas:

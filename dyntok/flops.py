@@ -17,7 +17,7 @@ longest executes more than it is charged (see :func:`batch_macs` for what a padd
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -191,6 +191,9 @@ class MacsReport:
     total_full: float = 0.0
     total_padded: float = 0.0
     examples: int = 0
+    input_tokens: float = 0.0
+    # (L,) real tokens kept after each layer, summed over the examples
+    kept_tokens: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.problem is not None:
@@ -207,6 +210,10 @@ class MacsReport:
             padded = torch.full_like(n, self.max_length)
             self.total_padded += full_macs(self.dims, padded).sum().item() + self._head(padded)
         self.examples += n.numel()
+        self.input_tokens += float(n.sum())
+        per_layer = kept.detach().cpu().double().sum(0).tolist()
+        self.kept_tokens = [a + b for a, b in zip(self.kept_tokens, per_layer, strict=True)] if self.kept_tokens \
+            else per_layer
 
     def _head(self, n: torch.Tensor) -> float:
         return head_macs(self.dims, n, self.problem).sum().item() if self.problem else 0.0
@@ -217,6 +224,10 @@ class MacsReport:
         self.total_full += other.total_full
         self.total_padded += other.total_padded
         self.examples += other.examples
+        self.input_tokens += other.input_tokens
+        if other.kept_tokens:
+            self.kept_tokens = [a + b for a, b in zip(self.kept_tokens or [0.0] * len(other.kept_tokens),
+                                                      other.kept_tokens, strict=True)]
         return self
 
     def reduce(self, sum_fn: Callable[[torch.Tensor], torch.Tensor], device: Any = None) -> MacsReport:
@@ -225,15 +236,18 @@ class MacsReport:
         ``sum_fn`` all-reduces a (4,) float64 tensor on ``device`` (e.g. ``strategy.reduce(t, reduce_op="sum")``).
         MACs are whole numbers, so float64 sums are exact below 2**53 (9e15 MACs in all).
         """
-        t = torch.tensor([self.total, self.total_full, self.total_padded, self.examples], dtype=torch.float64,
-                         device=device)
-        self.total, self.total_full, self.total_padded, examples = sum_fn(t).cpu().tolist()
+        kept = self.kept_tokens or [0.0] * self.dims.num_layers  # a process without batches joins with zeros
+        t = torch.tensor([self.total, self.total_full, self.total_padded, self.examples, self.input_tokens, *kept],
+                         dtype=torch.float64, device=device)
+        self.total, self.total_full, self.total_padded, examples, self.input_tokens, *kept = sum_fn(t).cpu().tolist()
         self.examples = int(examples)
+        self.kept_tokens = kept if self.examples else []
         return self
 
     def reset(self) -> None:
-        self.total = self.total_full = self.total_padded = 0.0
+        self.total = self.total_full = self.total_padded = self.input_tokens = 0.0
         self.examples = 0
+        self.kept_tokens = []
 
     @property
     def macs_per_example(self) -> float:
@@ -254,8 +268,14 @@ class MacsReport:
         """MACs reduction, full (real lengths) / executed: a compute ratio, not a measured speed-up."""
         return self.total_full / self.total if self.total else float("nan")
 
+    @property
+    def retention(self) -> list[float]:
+        """(L,) share of the real input tokens kept after each layer, over all examples (the executed
+        length configuration as ratios; LayerDrop and per-example rules such as hard gates included)."""
+        return [k / self.input_tokens for k in self.kept_tokens] if self.input_tokens else []
+
     def compute(self) -> dict[str, float]:
-        """Plain floats, ready to log."""
+        """Plain floats, ready to log (``retention_l<j>``: :attr:`retention` of layer j, 1-based)."""
         return {
             "macs_per_example": self.macs_per_example,
             "gmacs_per_example": self.macs_per_example / 1e9,
@@ -264,4 +284,5 @@ class MacsReport:
             "padded_macs_ratio": self.padded_ratio,
             "macs_reduction": self.speedup,
             "padded_macs_reduction": 1.0 / self.padded_ratio if self.total_padded else float("nan"),
+            **{f"retention_l{j + 1}": r for j, r in enumerate(self.retention)},
         }

@@ -69,6 +69,9 @@ def trade_off(records: list[dict[str, Any]], split: str | None = None) -> tuple[
             if split is not None and row["split"] != split:
                 continue
             row = {**row, "label": _label(rec), "main_metric": metric, "run": rec.get("path")}
+            kept = [row[k] for k in sorted((k for k in row if k.startswith("retention_l")), key=lambda k: int(k[11:]))]
+            if kept:  # the executed length configuration: share of the input tokens kept after each layer
+                row["kept per layer"] = " ".join(f"{v:.2f}" for v in kept)
             rows.append(row)
             if row.get("macs_ratio") is not None and row.get(metric) is not None:
                 series = rec.get("label") or rec.get("method")
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows, curves = trade_off(records, args.split)
     cols = ["label", "task", "split", "main_metric", "accuracy", "f1", "mcc", "pearson", "macs_ratio",
-            "macs_reduction", "padded_macs_reduction", "gmacs_per_example", "examples", "status", "run"]
+            "macs_reduction", "padded_macs_reduction", "gmacs_per_example", "kept per layer", "examples", "status", "run"]
     cols = [c for c in cols if any(c in r for r in rows)]
     table = format_table(sorted(rows, key=lambda r: (str(r.get("label")), r.get("macs_ratio") or 0)), cols)
     out = Path(args.out)

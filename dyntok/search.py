@@ -13,6 +13,9 @@ and task score (higher is better).
 - Genes whose MACs fall outside [smallest, full] are rejected without evaluation.
 - Every evaluated gene is appended to a JSON-lines **store**; a rerun replays it (same seed, same genes, no
   re-evaluation), so an interrupted search resumes and ends with the same frontier.
+- Optional **re-scoring** (not in the paper): the genes near the frontier (:func:`near_frontier`) are
+  scored again on examples the search never saw, and the frontier and the budget's choice come from those
+  scores, which are free of the search's selection bias.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +140,13 @@ class SearchStore:
 
 @dataclass
 class SearchResult:
+    """``frontier``: the Pareto frontier of ``points``, every in-bounds gene the run considered."""
+
     frontier: list[Point]
     evaluated: int
     cached: int
     seconds: float
+    points: list[Point] = field(default_factory=list)
 
     @property
     def evals_per_minute(self) -> float:
@@ -234,7 +240,19 @@ class EvolutionarySearch:
                 consider(crossover(a, b))
         bar.close()
         return SearchResult(pareto_frontier(list(points.values())), self.evaluated, self.cached,
-                            time.time() - start)
+                            time.time() - start, list(points.values()))
+
+
+def near_frontier(points: Sequence[Point], margin: float) -> list[Point]:
+    """Points scoring at most ``margin`` below the best score at equal or fewer MACs (the frontier itself
+    at ``margin=0``), sorted by MACs: the candidates worth re-scoring on fresh examples, since a frontier
+    picked on one sample of examples holds the genes that were lucky on it."""
+    out, best = [], -math.inf
+    for p in sorted(points, key=lambda p: (p.macs, -p.score)):
+        best = max(best, p.score)
+        if p.score >= best - margin:
+            out.append(p)
+    return out
 
 
 def best_under_budget(frontier: Sequence[Point], max_macs: float) -> Point:

@@ -209,6 +209,23 @@ def test_min_length_keeps_only_long_examples(make):
         dm.dataloader("train", min_length=1000)
 
 
+def test_skip_examples_gives_a_disjoint_subset_of_the_same_order(make):
+    dm = make("sst2")
+
+    def rows(**kw):
+        return [tuple(r[m.bool()].tolist()) for b in dm.dataloader("train", 8, **kw)
+                for r, m in zip(b["input_ids"], b["attention_mask"], strict=True)]
+
+    first, second, both = rows(max_examples=5), rows(max_examples=4, skip_examples=5), rows(max_examples=9)
+    assert len(first) == 5 and len(second) == 4
+    assert not set(first) & set(second)
+    assert set(first) | set(second) == set(both)  # the next examples of the same seeded order
+    n = dm.dataset("train").num_examples
+    assert len(rows(skip_examples=n - 2)) == 2
+    with pytest.raises(ConfigError, match=f"skip_examples={n}: split train of sst2 has only {n} examples"):
+        dm.dataloader("train", skip_examples=n)
+
+
 def test_rotten_tomatoes_split_sizes(tok_path):
     dm = DynTokDataModule("rotten_tomatoes", tok_path, max_length=64)
     assert dm.split_sizes == {"train": 6824, "validation": 853, "test": 853}

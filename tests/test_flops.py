@@ -100,11 +100,14 @@ def test_report_accumulates():
     assert out["macs_ratio"] == pytest.approx(executed / full) == rep.ratio
     assert out["padded_macs_ratio"] == pytest.approx(executed / padded) == rep.padded_ratio
     assert out["macs_reduction"] == pytest.approx(full / executed) == rep.speedup
+    # tokens kept after each layer over all 30 input tokens: layer 1 6 + 10 + 10, layer 2 3 + 10 + 10
+    assert rep.retention == pytest.approx([26 / 30, 23 / 30])
+    assert (out["retention_l1"], out["retention_l2"]) == pytest.approx((26 / 30, 23 / 30))
     other = MacsReport(TINY, max_length=20)
     other.update(torch.tensor([10]), torch.tensor([[6, 3]]))
     assert rep.merge(other).examples == 4
     rep.reset()
-    assert math.isnan(rep.compute()["macs_ratio"])
+    assert math.isnan(rep.compute()["macs_ratio"]) and rep.retention == []
     assert math.isnan(MacsReport(TINY).padded_ratio)
     with pytest.raises(ConfigError, match="problem"):
         MacsReport(TINY, problem="tagging")

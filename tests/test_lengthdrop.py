@@ -119,6 +119,28 @@ def test_lengthdrop_run_searches_and_reports_the_chosen_configuration(tmp_path):
     assert (run / "search_store.jsonl").exists()
 
 
+def test_rescoring_takes_the_frontier_from_fresh_examples(tmp_path):
+    """rescore_examples: the genes near the search frontier are scored on examples the search did not use,
+    and the frontier written and the configuration chosen come from those scores."""
+    search = ["method.search.population=4", "method.search.iterations=2", "method.search.mutations=3",
+              "method.search.crossovers=3", "method.search.max_examples=8", "method.search.budget=0.9",
+              "method.search.rescore_examples=8", "method.search.rescore_margin=1.0", "method.search.curves=false"]
+    proc = _run([*TINY, "method=lengthdrop", *search], tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    rec = json.loads((run / "results.json").read_text())["search"]
+    searched = [json.loads(x) for x in (run / "search_store.jsonl").read_text().splitlines()]
+    rescored = {tuple(r["gene"]): r for r in map(json.loads, (run / "search_store.rescore.jsonl").read_text().splitlines())}
+    assert rec["rescore_examples"] == 8 and rec["rescored_genes"] == len(rescored)
+    # margin 1.0 takes every in-bounds gene the search scored
+    assert set(rescored) <= {tuple(r["gene"]) for r in searched} and len(rescored) >= rec["search_frontier_size"]
+    front = json.loads((run / "frontier.json").read_text())["frontier"]
+    assert [r["search_score"] for r in front] == [rescored[tuple(r["gene"])]["score"] for r in front]
+    assert rec["chosen_search_score"] == rescored[tuple(rec["chosen_gene"])]["score"]
+    bad = _run([*TINY, "method=lengthdrop", *search[:-3], "method.search.rescore_examples=-1"], tmp_path / "bad")
+    assert bad.returncode == 2 and "method.search.rescore_examples=-1" in bad.stderr
+
+
 def test_latency_budget_picks_the_best_configuration_that_is_fast_enough(tmp_path):
     search = ["method.search.population=4", "method.search.iterations=1", "method.search.mutations=2",
               "method.search.crossovers=2", "method.search.max_examples=16", "method.search.budget_unit=ms",

@@ -6,6 +6,7 @@ subprocess, as in tests/test_run.py.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -97,11 +98,13 @@ def test_macs_report_sums_over_processes():
     parts = [MacsReport(dims, max_length=12, problem="classification") for _ in range(2)]
     parts[0].update(n[:1], kept[:1])
     parts[1].update(n[1:], kept[1:])
-    totals = [torch.tensor([p.total, p.total_full, p.total_padded, p.examples], dtype=torch.float64)
-              for p in parts]
+    sent = []
+    for p in parts:  # what each process contributes to the all-reduce
+        copy.deepcopy(p).reduce(lambda t: sent.append(t) or t)
     for p in parts:  # what an all-reduce (sum) gives every process
-        p.reduce(lambda t: totals[0] + totals[1])
+        p.reduce(lambda t: sent[0] + sent[1])
         assert p.compute() == whole.compute() and p.examples == 3
+        assert p.retention == pytest.approx([18 / 22, 10 / 22])
     assert MacsReport(dims).reduce(lambda t: t).examples == 0  # single process: unchanged
 
 

@@ -17,6 +17,7 @@ from dyntok.search import (
     constant_ratio_gene,
     crossover,
     mutate,
+    near_frontier,
     pareto_frontier,
 )
 
@@ -31,6 +32,16 @@ def test_pareto_frontier_hand_made_points():
            Point((5,), 5, 0.60), Point((6,), 25, 0.90), Point((7,), 20, 0.84)]
     front = pareto_frontier(pts)
     assert [p.gene for p in front] == [(5,), (1,), (2,), (6,)]
+
+
+def test_near_frontier_keeps_points_within_the_margin_of_the_cheaper_best():
+    pts = [Point((1,), 10, 0.80), Point((2,), 20, 0.85), Point((3,), 15, 0.70), Point((4,), 30, 0.85),
+           Point((5,), 5, 0.60), Point((6,), 25, 0.90), Point((7,), 20, 0.84), Point((8,), 12, 0.795)]
+    # margin 0: the frontier itself
+    assert near_frontier(pts, 0.0) == pareto_frontier(pts)
+    # 0.01 below the best at equal or fewer MACs: (8,) at 0.795 <= 0.80 and (7,) at 0.84 <= 0.85
+    assert [p.gene for p in near_frontier(pts, 0.01)] == [(5,), (1,), (8,), (2,), (7,), (6,)]
+    assert len(near_frontier(pts, 1.0)) == len(pts)
 
 
 def test_constant_ratio_gene_is_the_lengthdrop_floor():

@@ -163,6 +163,8 @@ class GatesModule(TaskModule):
         out["gates"] = {
             "lambda": self.lam, "mu": self.mu, "distill": self.distill, **self.gates.stats(),
             "values": self.gates.values().detach().cpu().tolist(),
+            # what inference keeps per layer (None: every token): the ranks whose gate is open
+            "open_ranks": [r.tolist() if r is not None else None for r in self.gates.open_ranks()],
             "usage": self.gates.usage.cpu().tolist(),
         }
         return out

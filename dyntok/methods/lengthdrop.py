@@ -41,6 +41,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "enabled": True, "split": "validation", "max_examples": 1000, "population": 20, "iterations": 30,
     "mutations": 30, "crossovers": 30, "mutation_prob": 0.5, "seed": 0, "store": None,
     "budget": 0.4, "budget_unit": "ratio", "eval_batch_size": 128, "curves": True, "min_length": 0,
+    "rescore_examples": 0, "rescore_margin": 0.01,
 }
 
 
@@ -58,7 +59,9 @@ class LengthDropModule(TaskModule):
             0 when starting from a fine-tuned checkpoint (``init_from=``).
         length_config: a fixed configuration for the test split instead of searching (any form
             :meth:`LengthConfig.parse` reads), or None.
-        search: options of the evolutionary search (keys of ``SEARCH_DEFAULTS``).
+        search: options of the evolutionary search (keys of ``SEARCH_DEFAULTS``); ``rescore_examples`` > 0
+            scores the genes within ``rescore_margin`` of the frontier again on that many further examples
+            of the search split and takes the frontier and the budget's choice from those scores.
         Other arguments: :class:`TaskModule`.
     """
 
@@ -89,6 +92,12 @@ class LengthDropModule(TaskModule):
         if budget <= 0 or (unit == "ratio" and budget > 1):
             raise ConfigError(f"method.search.budget={budget} out of range for budget_unit={unit} "
                               "(ratio: (0, 1]; gmacs and ms: > 0)")
+        rescore = int(self.search_cfg["rescore_examples"])
+        if rescore < 0 or (rescore and self.search_cfg["max_examples"] is None):
+            raise ConfigError(f"method.search.rescore_examples={rescore}: must be >= 0, and > 0 needs "
+                              "method.search.max_examples (the re-scoring examples follow those)")
+        if float(self.search_cfg["rescore_margin"]) < 0:
+            raise ConfigError(f"method.search.rescore_margin must be >= 0, got {self.search_cfg['rescore_margin']}")
         self.test_config: LengthConfig | None = (
             LengthConfig.parse(length_config, self.model.num_layers, "method.length_config")
             if length_config is not None else None
@@ -189,9 +198,10 @@ class LengthDropModule(TaskModule):
         return float(metrics.compute()[self.task.main_metric])
 
     def _batches(self, datamodule, split: str, max_examples: int | None,
-                 min_length: int = 0) -> list[dict[str, torch.Tensor]]:
+                 min_length: int = 0, skip_examples: int = 0) -> list[dict[str, torch.Tensor]]:
         loader = datamodule.dataloader(split, batch_size=self.search_cfg["eval_batch_size"],
-                                       max_examples=max_examples, min_length=min_length)
+                                       max_examples=max_examples, min_length=min_length,
+                                       skip_examples=skip_examples)
         return [{k: v.to(self.device) for k, v in b.items()} for b in loader]
 
     def before_fit(self, datamodule) -> None:
@@ -254,23 +264,26 @@ class LengthDropModule(TaskModule):
             s["population"], s["iterations"], s["mutations"], s["crossovers"], s["mutation_prob"], s["seed"], store,
         )
         result = search.run()
+        frontier, rescored = result.frontier, None
+        if s["rescore_examples"]:
+            batches, frontier, full_macs, rescored = self._rescore(datamodule, result, store_path, meta, ref)
         # Measured latency of every frontier configuration, in this process, on the search batches.
-        latency = {p.gene: self.latency_ms(batches, gene_to_config(p.gene, ref)) for p in result.frontier}
+        latency = {p.gene: self.latency_ms(batches, gene_to_config(p.gene, ref)) for p in frontier}
         full_latency = self.latency_ms(batches, None)
         budget = float(s["budget"])
         if s["budget_unit"] == "ratio":
-            best = best_under_budget(result.frontier, budget * full_macs)
+            best = best_under_budget(frontier, budget * full_macs)
         elif s["budget_unit"] == "gmacs":
-            best = best_under_budget(result.frontier, budget * 1e9)
+            best = best_under_budget(frontier, budget * 1e9)
         else:  # ms (the constructor accepts no other unit)
-            fits = [p for p in result.frontier if latency[p.gene] <= budget]
+            fits = [p for p in frontier if latency[p.gene] <= budget]
             if not fits:
                 raise ConfigError(f"search.budget={budget} ms per example: the fastest searched configuration "
                                   f"takes {min(latency.values()):.3f} ms (full model {full_latency:.3f} ms)")
             best = max(fits, key=lambda p: (p.score, -p.macs))
         self.test_config = gene_to_config(best.gene, ref)
         self.search_summary = {
-            "frontier_size": len(result.frontier), "evaluated": result.evaluated, "replayed_from_store": result.cached,
+            "frontier_size": len(frontier), "search_frontier_size": len(result.frontier), **(rescored or {}), "evaluated": result.evaluated, "replayed_from_store": result.cached,
             "seconds": result.seconds, "evals_per_minute": result.evals_per_minute, "store": str(store_path),
             "search_split": s["split"], "search_examples": len(lengths), "search_min_length": s["min_length"],
             "budget": budget,
@@ -281,7 +294,46 @@ class LengthDropModule(TaskModule):
         log.info("search: %d evaluated, %d replayed, %.1f evals/min; chosen %s (%.3fx MACs, %s %.4f on %s)",
                  result.evaluated, result.cached, result.evals_per_minute, list(best.gene), best.macs / full_macs,
                  self.task.main_metric, best.score, s["split"])
-        self._write_frontier(run_dir, result.frontier, full_macs, ref, datamodule, latency, full_latency)
+        self._write_frontier(run_dir, frontier, full_macs, ref, datamodule, latency, full_latency)
+
+    def _rescore(self, datamodule, result, store_path: Path, meta: dict[str, Any], ref: int):
+        """Score the genes near the search's frontier (``search.rescore_margin``) again on the next
+        ``search.rescore_examples`` examples of the search split, which the search never saw; their own
+        store makes a rerun replay them.
+
+        Returns:
+            the re-scoring batches, the frontier of the new scores, the full model's MACs per example on
+            those examples, and summary fields.
+        """
+        from tqdm.auto import tqdm
+
+        from dyntok.flops import length_config_macs
+        from dyntok.search import near_frontier, pareto_frontier
+
+        s = self.search_cfg
+        batches = self._batches(datamodule, s["split"], s["rescore_examples"], s["min_length"],
+                                skip_examples=s["max_examples"])
+        metrics = self.split_metrics(s["split"], datamodule)
+        lengths = torch.cat([b["attention_mask"].sum(1) for b in batches]).cpu()
+        L = self.model.num_layers
+        full_macs = float(length_config_macs(self.dims, LengthConfig.full(L), lengths).mean())
+        candidates = near_frontier(result.points, float(s["rescore_margin"]))
+        store = SearchStore(store_path.with_name(store_path.stem + ".rescore.jsonl"),
+                            meta={**{k: v for k, v in meta.items() if k != "checkpoint"}, "examples": len(lengths),
+                                  "skip_examples": s["max_examples"]})
+        points = []
+        for p in tqdm(candidates, desc="re-score", unit="gene"):
+            if p.gene not in store:
+                cfg = gene_to_config(p.gene, ref)
+                store.add(Point(p.gene, float(length_config_macs(self.dims, cfg, lengths).mean()),
+                                self.score(batches, cfg, metrics=metrics)))
+            points.append(store.get(p.gene))
+        frontier = pareto_frontier(points)
+        log.info("re-scored %d genes near the search frontier on %d further examples: frontier %d -> %d genes",
+                 len(points), len(lengths), len(result.frontier), len(frontier))
+        summary = {"rescore_examples": len(lengths), "rescored_genes": len(points),
+                   "rescore_margin": float(s["rescore_margin"])}
+        return batches, frontier, full_macs, summary
 
     @torch.inference_mode()
     def latency_ms(self, batches: list[dict[str, torch.Tensor]], cfg: LengthConfig | None, repeats: int = 2) -> float:
