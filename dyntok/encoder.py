@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -90,6 +90,9 @@ class EncoderOutput:
         kept: (B, L) long, real tokens each example kept after each layer (the executed length
             configuration, LayerDrop included); feed it to :func:`dyntok.flops.encoder_macs`.
         input_lengths: (B,) long, real input tokens per example.
+        alive: with ``rank_gates``, L entries of None (no gate so far) or (B, T) float: each token's
+            weight after layer j, the product of the gates it got so far (the soft form of ``kept``,
+            differentiable in the gates); empty otherwise.
     """
 
     hidden: torch.Tensor
@@ -97,6 +100,7 @@ class EncoderOutput:
     positions: torch.Tensor
     kept: torch.Tensor
     input_lengths: torch.Tensor
+    alive: list[torch.Tensor | None] = field(default_factory=list)
 
     @property
     def cls(self) -> torch.Tensor:
@@ -356,6 +360,7 @@ class TokenDroppingEncoder(nn.Module):
         key_weight: torch.Tensor | None = None  # product of the rank gates so far (training with gates)
         counts = real
         kept = []
+        alive: list[torch.Tensor | None] = []
         # Targets live on the host too (one sync per forward): whether a layer drops anything decides
         # between explicit probabilities and the fused kernel.
         if keep_ranks is not None:
@@ -376,6 +381,8 @@ class TokenDroppingEncoder(nn.Module):
         for j, parts in enumerate(self._parts):
             if skip_layers is not None and skip_layers[j]:
                 kept.append(counts)
+                if rank_gates is not None:
+                    alive.append(key_weight)
                 continue
             gate = rank_gates[j] if rank_gates is not None else None
             drop = False
@@ -394,6 +401,8 @@ class TokenDroppingEncoder(nn.Module):
                 if keep_cls:
                     g = torch.where(positions == 0, torch.ones_like(g), g)
                 key_weight = g if key_weight is None else key_weight * g
+            if rank_gates is not None:
+                alive.append(key_weight)
             if drop:
                 target = torch.tensor(t_j, device=counts.device, dtype=counts.dtype)
                 index, mask = select_tokens(scores, mask, positions, target, keep_cls, subset)
@@ -409,8 +418,8 @@ class TokenDroppingEncoder(nn.Module):
         kept_t = torch.stack(kept, dim=1)
         if restore:
             full = torch.arange(T, device=h.device).expand(B, T)
-            return EncoderOutput(buffer, attention_mask.bool(), full, kept_t, real)
-        return EncoderOutput(h, mask, positions, kept_t, real)
+            return EncoderOutput(buffer, attention_mask.bool(), full, kept_t, real, alive)
+        return EncoderOutput(h, mask, positions, kept_t, real, alive)
 
     def _attention(
         self, p: LayerParts, h: torch.Tensor, mask: torch.Tensor, need_scores: bool,

@@ -17,6 +17,8 @@ choice a constructor argument:
   At g = 1 the gradients of lambda * R_sparse and mu * R_bimodal are lambda and -mu (same weights): gates
   start closing only where lambda > mu.
   w_j = j (``layer_weighting="linear"``, PoWER-BERT: deeper layers pay more) or 1 (``"uniform"``).
+  Or (``GatesModule`` ``sparsity="tokens"``) the same L1 on the masks the tokens see:
+  :meth:`RankGates.token_sparsity`, the share of tokens present after each layer, which MACs follow.
 - **Bi-modal** term (Srinivas et al. 2017): R_bimodal = the same usage-weighted mean of g (1 - g): zero at 0
   and 1, largest at 0.5, so gates are pushed to a decision. Under straight-through the task gradient flips
   sign where a gate crosses the threshold, and gates settle there; mu is therefore ramped in late in
@@ -151,6 +153,27 @@ class RankGates(nn.Module):
         sparse = (weight * g).sum() / total
         bimodal = (weight * g * (1 - g)).sum() / total
         return sparse, bimodal
+
+    def token_sparsity(
+        self, alive: list[torch.Tensor | None], attention_mask: torch.Tensor,
+        weighting: Literal["linear", "uniform"] = "uniform",
+    ) -> torch.Tensor:
+        """R_tokens in [0, 1]: the layer-weighted share of real tokens still present after each gated layer,
+        sum_j w_j sum_t a_j(t) / (sum_j w_j * real tokens), with a_j(t) the product of the gates token t got
+        up to layer j (:attr:`EncoderOutput.alive`). An L1 variant on the masks the tokens see rather than
+        on the gate vectors: with uniform weights it is the share of token-layers computed (what MACs
+        follow), and a gate that closes early is charged for every later layer it saves, while gates of
+        tokens already gone cost nothing.
+
+        Args:
+            alive: L entries, None or (B, T); attention_mask: (B, T) 0/1.
+        """
+        real = attention_mask.to(self.theta.dtype)
+        w = self.layer_weights(weighting)
+        gated = alive[self.skip_first:]
+        total = (w.sum() * real.sum()).clamp(min=1.0)
+        kept = sum(wj * ((a * real).sum() if a is not None else real.sum()) for wj, a in zip(w, gated, strict=True))
+        return kept / total
 
     @torch.no_grad()
     def hard_lengths(self, real_lengths: torch.Tensor) -> torch.Tensor:

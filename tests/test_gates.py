@@ -134,6 +134,31 @@ def test_hard_inference_equals_the_straight_through_training_forward(tokenizer, 
     assert not torch.allclose(top.encoder.cls, hard.encoder.cls, atol=1e-3)
 
 
+def test_token_sparsity_is_the_share_of_tokens_hard_inference_keeps(tokenizer):
+    """sparsity=tokens: with hard gates, R_tokens (uniform weights) is the share of token-layers the
+    physical inference computes; a gate is charged for every later layer its closing saves."""
+    torch.manual_seed(0)
+    model = DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT).eval()
+    gates = RankGates(model.num_layers, 64, straight_through=True)
+    with torch.no_grad():
+        gates.theta.copy_((torch.rand(3, 64) < 0.6).float() * 0.8 + 0.1)
+    b = tokenizer(LONGER, padding=True, return_tensors="pt")
+    out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], rank_gates=gates.training_gates())
+    r = gates.token_sparsity(out.encoder.alive, b["attention_mask"], "uniform")
+    with torch.no_grad():
+        hard = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], keep_ranks=gates.open_ranks())
+    real = b["attention_mask"].sum()
+    assert r.item() == pytest.approx(hard.encoder.kept.sum().item() / (3 * real.item()))
+    assert r.item() < 1.0
+    r.backward()
+    grad = gates.theta.grad
+    # a layer-1 gate saves up to 3 layers, a layer-3 gate one: the earlier gates get the larger gradients
+    assert grad[0].sum() > grad[2].sum() > 0
+    linear = gates.token_sparsity(out.encoder.alive, b["attention_mask"], "linear")
+    kept = hard.encoder.kept.sum(0).double()
+    assert linear.item() == pytest.approx(((kept * torch.tensor([1.0, 2, 3])).sum() / (6 * real)).item())
+
+
 def test_gated_out_tokens_leave_the_significance_queries(tokenizer):
     """Layer 2 ranks its tokens by the attention of the tokens still present: a token gated out after
     layer 1 no longer adds its attention row to the scores (it is gone at inference)."""

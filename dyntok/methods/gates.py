@@ -38,6 +38,10 @@ class GatesModule(TaskModule):
             its value at ``end`` and stays there (``[0, 0]``: constant mu). The gates first find what to
             keep under lambda alone; the growing bi-modal pull then settles every gate at 0 or 1 while the
             encoder still trains (gates hovering at the threshold are what hard inference cannot honour).
+        sparsity: ``gates`` (R_sparse on the gate vectors, usage-weighted, :meth:`RankGates.regularizers`)
+            or ``tokens`` (the same L1 on the masks the tokens see, :meth:`RankGates.token_sparsity`:
+            the share of tokens present after each layer, which MACs follow; pair it with
+            ``layer_weighting=uniform``). Not in the paper's text as read: an option.
         distill: weight alpha in [0, 1] of distillation from the fine-tuned model (``init_from``), which
             stays frozen and runs at full length: task term = (1 - alpha) * task_loss + alpha *
             KL(teacher || student). Not in the paper (an option, off by default); it costs one no-grad
@@ -55,7 +59,8 @@ class GatesModule(TaskModule):
                  parametrization: Literal["clip", "sigmoid"] = "clip", gate_init: float = 1.0,
                  straight_through: bool = False, threshold: float = 0.5, skip_first: int = 0,
                  layer_weighting: Literal["linear", "uniform"] = "linear", freeze_gates_steps: int = 0,
-                 mu_ramp: tuple[float, float] = (0.0, 0.0), distill: float = 0.0, **kw: Any) -> None:
+                 mu_ramp: tuple[float, float] = (0.0, 0.0), distill: float = 0.0,
+                 sparsity: Literal["gates", "tokens"] = "gates", **kw: Any) -> None:
         super().__init__(*args, **kw)
         lam, mu = float(regularizer.get("lambda", 0.0)), float(regularizer.get("mu", 0.0))
         if lam < 0 or mu < 0:
@@ -64,10 +69,13 @@ class GatesModule(TaskModule):
             raise ConfigError(f"method.mu_ramp must be [start, end] with 0 <= start <= end <= 1, got {mu_ramp}")
         if layer_weighting not in ("linear", "uniform"):
             raise ConfigError(f"method.layer_weighting must be 'linear' or 'uniform', got {layer_weighting!r}")
+        if sparsity not in ("gates", "tokens"):
+            raise ConfigError(f"method.sparsity must be 'gates' or 'tokens', got {sparsity!r}")
         if not 0.0 <= distill <= 1.0:
             raise ConfigError(f"method.distill must be in [0, 1], got {distill}")
         self.lam, self.mu = lam, mu
         self.distill = float(distill)
+        self.sparsity = sparsity
         # The frozen fine-tuned model (distill > 0); kept out of the state dict and the optimizer.
         object.__setattr__(self, "teacher", None)
         self.gate_lr = gate_lr
@@ -92,6 +100,8 @@ class GatesModule(TaskModule):
             self.log("train/kd_loss", kd, batch_size=batch["input_ids"].size(0))
             task = (1 - self.distill) * task + self.distill * kd
         sparse, bimodal = self.gates.regularizers(real, self.layer_weighting)
+        if self.sparsity == "tokens":
+            sparse = self.gates.token_sparsity(out.encoder.alive, batch["attention_mask"], self.layer_weighting)
         mu = self.current_mu()
         loss = task + self.lam * sparse + mu * bimodal
         bs = batch["input_ids"].size(0)
