@@ -20,7 +20,6 @@ significance scores are not needed; explicit probabilities only where a layer dr
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -215,19 +214,19 @@ def significance_order(
 
 def select_tokens(
     scores: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: torch.Tensor, keep_cls: bool,
-    ranks: torch.Tensor | None = None,
+    flags: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the tokens to keep: top-``keep`` per row by significance, or the tokens of the given ranks.
+    """Indices of the tokens to keep: top-``keep`` per row by significance, or the tokens of flagged ranks.
 
     Args:
         scores: (B, K) significance of the current tokens.
         mask: (B, K) bool, real tokens.
         positions: (B, K) original positions (position 0 is [CLS]).
-        keep: (B,) long, tokens to keep per row (<= real tokens in that row); with ``ranks``, the number of
-            entries of ``ranks`` below the row's real tokens.
+        keep: (B,) long, tokens to keep per row (<= real tokens in that row); with ``flags``, the number of
+            flagged ranks of the row.
         keep_cls: rank the [CLS] token first so it is always kept.
-        ranks: (R,) long, ascending significance ranks to keep (rank gates open at those ranks), or None
-            for ranks 0..keep-1.
+        flags: (B, K) bool or None: row b keeps its token of significance rank r where ``flags[b, r]``
+            (rank gates open at r); None keeps ranks 0..keep-1.
 
     Returns:
         index (B, K') long into the current K (K' = keep.max(), in descending significance) and the new
@@ -235,11 +234,29 @@ def select_tokens(
     """
     k_new = int(keep.max())
     order = significance_order(scores, mask, positions, keep_cls)
-    if ranks is not None:
-        order = order[:, ranks[:k_new]]
+    if flags is not None:  # flagged ranks first, each group in rank order
+        order = order.gather(1, (~flags).to(torch.int8).argsort(dim=1, stable=True))
     index = order[:, :k_new]
     new_mask = torch.arange(k_new, device=keep.device)[None, :] < keep[:, None]
     return index, new_mask
+
+
+def rank_table_lengths(tables: Sequence[torch.Tensor | None], real: torch.Tensor) -> torch.Tensor:
+    """(B, L) kept tokens per layer when layer j keeps the ranks flagged in ``tables[j]``:
+    l_j = #{r < l_{j-1} : table_j[b, r]} (at least 1), l_0 = ``real``; a None table keeps every token.
+
+    Args:
+        tables: L entries of None or a (T',) / (B, T') bool table, T' >= the longest input.
+        real: (B,) long real input lengths.
+    """
+    cur, out = real, []
+    for t in tables:
+        if t is not None:
+            t = t.to(real.device).expand(real.size(0), -1)
+            cum = torch.cat([torch.zeros_like(t[:, :1], dtype=torch.long), t.long().cumsum(1)], dim=1)
+            cur = cum.gather(1, cur[:, None]).squeeze(1).clamp(min=1)
+        out.append(cur)
+    return torch.stack(out, dim=1)
 
 
 def rank_of(scores: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep_cls: bool) -> torch.Tensor:
@@ -324,9 +341,9 @@ class TokenDroppingEncoder(nn.Module):
         restore: bool = False,
         skip_layers: Sequence[bool] | None = None,
         rank_gates: Sequence[torch.Tensor | None] | None = None,
-        keep_ranks: Sequence[torch.Tensor | None] | None = None,
+        keep_by_rank: Sequence[torch.Tensor | None] | None = None,
     ) -> EncoderOutput:
-        """Encode, dropping tokens as ``lengths`` (or ``keep_ranks``) says.
+        """Encode, dropping tokens as ``lengths`` (or ``keep_by_rank``) says.
 
         Args:
             input_ids: (B, T) long.
@@ -338,15 +355,15 @@ class TokenDroppingEncoder(nn.Module):
             keep_cls: always keep position 0 (sequence classification); False for span tasks.
             restore: Drop-and-Restore; the output then has all T positions in input order.
             skip_layers: L bools, True skips that layer (LayerDrop); a skipped layer keeps every token.
-            rank_gates: L entries of None or a (T_max,) gate vector: the token of significance rank k
-                leaves layer j with weight g[k] (Jeong & Kwak 2021): in later layers its attention
+            rank_gates: L entries of None or a (T_max,) gate vector or (B, T_max) per-row table: the
+                token of significance rank k leaves layer j with weight g[k] (g[b, k]; Jeong & Kwak 2021): in later layers its attention
                 probability as a key is multiplied by the product of its gates so far (0 = dropped, as the
                 physical gather at inference; 1 = kept). Tokens whose weight is 0 are also left out of the
                 queries the significance scores sum over, as they are gone at inference. T_max must be >= T.
-            keep_ranks: L entries of None (keep every token) or a (R,) long tensor of ascending significance
-                ranks: layer j keeps exactly the tokens whose rank is listed, l_j = #{r in R_j : r < l_{j-1}}
-                (hard inference of rank gates with ``R_j = {k : g_j[k] > threshold}``; the same tokens the
-                training forward weights by 1). Not with ``lengths``.
+            keep_by_rank: L entries of None (keep every token) or a (T',) / (B, T') bool table: layer j
+                keeps exactly the tokens whose significance rank r is flagged in row b,
+                l_j = #{r < l_{j-1} : table[b, r]} (:func:`rank_table_lengths`); the hard inference of rank
+                gates (the tokens the training forward weights by 1). T' >= T. Not with ``lengths``.
 
         Returns:
             :class:`EncoderOutput`.
@@ -363,15 +380,14 @@ class TokenDroppingEncoder(nn.Module):
         alive: list[torch.Tensor | None] = []
         # Targets live on the host too (one sync per forward): whether a layer drops anything decides
         # between explicit probabilities and the fused kernel.
-        if keep_ranks is not None:
+        if keep_by_rank is not None:
             if lengths is not None:
-                raise ConfigError("give lengths or keep_ranks, not both")
-            if len(keep_ranks) != self.num_layers:
-                raise ConfigError(f"keep_ranks must have {self.num_layers} entries, got {len(keep_ranks)}")
-            host_ranks = [r.tolist() if r is not None else None for r in keep_ranks]
-            if any(r is not None and not r for r in host_ranks):
-                raise ConfigError("keep_ranks: every layer must keep at least one rank")
-            host_counts = real.tolist()
+                raise ConfigError("give lengths or keep_by_rank, not both")
+            if len(keep_by_rank) != self.num_layers:
+                raise ConfigError(f"keep_by_rank must have {self.num_layers} entries, got {len(keep_by_rank)}")
+            if any(t is not None and t.size(-1) < T for t in keep_by_rank):
+                raise ConfigError(f"keep_by_rank tables must cover the {T} input positions")
+            lengths = rank_table_lengths(keep_by_rank, real)
         if lengths is not None:
             if lengths.shape != (B, self.num_layers):
                 raise ConfigError(f"lengths must have shape ({B}, {self.num_layers}), got {tuple(lengths.shape)}")
@@ -386,18 +402,13 @@ class TokenDroppingEncoder(nn.Module):
                 continue
             gate = rank_gates[j] if rank_gates is not None else None
             drop = False
-            subset = None
             if lengths is not None:
                 t_j = [min(t, c) for t, c in zip(host_targets[j], host_counts, strict=True)]
                 drop = any(t < c for t, c in zip(t_j, host_counts, strict=True))
-            elif keep_ranks is not None and host_ranks[j] is not None:
-                t_j = [max(1, bisect.bisect_left(host_ranks[j], c)) for c in host_counts]
-                drop = any(t < c for t, c in zip(t_j, host_counts, strict=True))
-                subset = keep_ranks[j].to(h.device)
             a, scores = self._attention(parts, h, mask, need_scores=drop or gate is not None, key_weight=key_weight)
             if gate is not None:
                 ranks = rank_of(scores, mask, positions, keep_cls)
-                g = gate[ranks]
+                g = gate[ranks] if gate.dim() == 1 else gate.gather(1, ranks)
                 if keep_cls:
                     g = torch.where(positions == 0, torch.ones_like(g), g)
                 key_weight = g if key_weight is None else key_weight * g
@@ -405,7 +416,12 @@ class TokenDroppingEncoder(nn.Module):
                 alive.append(key_weight)
             if drop:
                 target = torch.tensor(t_j, device=counts.device, dtype=counts.dtype)
-                index, mask = select_tokens(scores, mask, positions, target, keep_cls, subset)
+                flags = None
+                if keep_by_rank is not None and keep_by_rank[j] is not None:
+                    K = mask.size(1)
+                    flags = keep_by_rank[j].to(h.device).expand(B, -1)[:, :K] & (
+                        torch.arange(K, device=h.device)[None, :] < counts[:, None])
+                index, mask = select_tokens(scores, mask, positions, target, keep_cls, flags)
                 a = _gather(a, index)
                 positions = positions.gather(1, index)
                 counts, host_counts = target, t_j

@@ -43,11 +43,17 @@ from dyntok.lengths import LengthConfig
 
 
 class RankGates(nn.Module):
-    """Gate vectors g_j in [0, 1]^T_max, one per layer, indexed by significance rank.
+    """Gate vectors g_j in [0, 1]^G, one per layer, indexed by significance rank.
 
     Args:
         num_layers: L, encoder depth.
         max_length: T_max, the longest input (``data.max_length``) in tokens.
+        rank_scale: ``absolute`` (G = T_max gates: the token of rank k meets g_j[k], whatever the input's
+            length; the reconstruction in PAPERS.md) or ``relative`` (G = ``bins`` gates over the share of
+            the input: the token of rank k in an input of n real tokens meets g_j[floor(k G / n)], so a gate
+            means "the same share of the tokens" in a phrase of 8 tokens and a sentence of 50, and every
+            gate is trained by inputs of every length).
+        bins: G with ``rank_scale="relative"``.
         parametrization: ``clip`` (raw values clipped to [0, 1] after every step, initialised to ``init``;
             PoWER-BERT's retention parameters) or ``sigmoid`` (g = sigmoid(theta), theta initialised to
             logit(``init``)).
@@ -73,8 +79,14 @@ class RankGates(nn.Module):
         threshold: float = 0.5,
         skip_first: int = 0,
         fixed_first: bool = False,
+        rank_scale: Literal["absolute", "relative"] = "absolute",
+        bins: int = 20,
     ) -> None:
         super().__init__()
+        if rank_scale not in ("absolute", "relative"):
+            raise ConfigError(f"method.rank_scale must be 'absolute' or 'relative', got {rank_scale!r}")
+        if rank_scale == "relative" and bins < 1:
+            raise ConfigError(f"method.rank_bins must be >= 1, got {bins}")
         if parametrization not in ("clip", "sigmoid"):
             raise ConfigError(f"method.parametrization must be 'clip' or 'sigmoid', got {parametrization!r}")
         if not 0.0 < init <= 1.0:
@@ -89,19 +101,30 @@ class RankGates(nn.Module):
         self.skip_first = skip_first
         self.num_layers = num_layers
         self.fixed_first = fixed_first
-        n = num_layers - skip_first
+        self.rank_scale = rank_scale
+        self.max_length = max_length
+        n, G = num_layers - skip_first, (max_length if rank_scale == "absolute" else bins)
         if parametrization == "clip":
-            theta = torch.full((n, max_length), float(init))
+            theta = torch.full((n, G), float(init))
         else:
             p = min(init, 1 - 1e-3)
-            theta = torch.full((n, max_length), float(torch.logit(torch.tensor(p))))
+            theta = torch.full((n, G), float(torch.logit(torch.tensor(p))))
         self.theta = nn.Parameter(theta)
-        # How often each rank was reached in training: decides which gates the statistics are over.
-        self.register_buffer("usage", torch.zeros(max_length, dtype=torch.float64))
+        # How often each gate was reached in training: decides which gates the statistics are over.
+        self.register_buffer("usage", torch.zeros(G, dtype=torch.float64))
 
     @property
-    def max_length(self) -> int:
+    def num_gates(self) -> int:
+        """G, gates per layer."""
         return self.theta.size(1)
+
+    def gate_index(self, real_lengths: torch.Tensor, width: int) -> torch.Tensor:
+        """(B, width) long: the gate each rank r < width of each input meets (r itself, or floor(r G / n))."""
+        r = torch.arange(width, device=real_lengths.device)
+        if self.rank_scale == "absolute":
+            return r.clamp(max=self.num_gates - 1).expand(real_lengths.size(0), width)
+        n = real_lengths.clamp(min=1)[:, None]
+        return torch.div(r[None, :] * self.num_gates, n, rounding_mode="floor").clamp(max=self.num_gates - 1)
 
     def values(self) -> torch.Tensor:
         """(L_gated, T_max) soft gate values in [0, 1]."""
@@ -115,21 +138,45 @@ class RankGates(nn.Module):
         if self.parametrization == "clip":
             self.theta.clamp_(0.0, 1.0)
 
-    def training_gates(self) -> list[torch.Tensor | None]:
-        """Per-layer gates for :meth:`TokenDroppingEncoder.forward` ``rank_gates`` (None = ungated)."""
+    def training_gates(self, real_lengths: torch.Tensor | None = None, width: int | None = None
+                       ) -> list[torch.Tensor | None]:
+        """Per-layer gates for :meth:`TokenDroppingEncoder.forward` ``rank_gates`` (None = ungated):
+        (G,) vectors, or with ``real_lengths`` (B,) and ``width`` (the batch's T) (B, width) tables of the
+        gate each rank meets (needed for ``relative``)."""
         g = self.values()
         if self.straight_through:
             hard = (g > self.threshold).to(g.dtype)
             g = hard + g - g.detach()
-        return [None] * self.skip_first + list(g.unbind(0))
+        if real_lengths is None:
+            if self.rank_scale == "relative":
+                raise ValueError("relative rank gates need real_lengths and width")
+            return [None] * self.skip_first + list(g.unbind(0))
+        idx = self.gate_index(real_lengths, width)
+        return [None] * self.skip_first + [row[idx] for row in g.unbind(0)]
+
+    @torch.no_grad()
+    def open_table(self, real_lengths: torch.Tensor, width: int) -> list[torch.Tensor | None]:
+        """Per layer, a (B, width) bool table: rank r of input b is kept (its gate is above the threshold;
+        rank 0 always); None for the ``skip_first`` layers. :meth:`TokenDroppingEncoder.forward`
+        ``keep_by_rank``: hard inference."""
+        open_ = self.values() > self.threshold
+        idx = self.gate_index(real_lengths, width)
+        tables = []
+        for row in open_:
+            t = row[idx]
+            t[:, 0] = True
+            tables.append(t)
+        return [None] * self.skip_first + tables
 
     def _usage_weights(self, real_lengths: torch.Tensor) -> torch.Tensor:
-        """(T_max,) u_k: examples in the batch with a token of rank k."""
-        k = torch.arange(self.max_length, device=real_lengths.device)
-        u = (k[None, :] < real_lengths[:, None]).sum(0).to(self.theta.dtype)
+        """(G,) u_k: tokens in the batch that meet gate k (absolute: examples with a token of rank k)."""
+        width = int(real_lengths.max()) if real_lengths.numel() else 1
+        idx = self.gate_index(real_lengths, width)
+        real = torch.arange(width, device=real_lengths.device)[None, :] < real_lengths[:, None]
         if self.fixed_first:
-            u[0] = 0  # [CLS] is kept whatever its gate says
-        return u
+            real[:, 0] = False  # [CLS] is kept whatever its gate says
+        u = torch.zeros(self.num_gates, dtype=self.theta.dtype, device=self.theta.device)
+        return u.index_add_(0, idx[real].to(u.device), torch.ones_like(idx[real], dtype=u.dtype, device=u.device))
 
     def layer_weights(self, weighting: Literal["linear", "uniform"]) -> torch.Tensor:
         j = torch.arange(self.skip_first + 1, self.num_layers + 1, dtype=self.theta.dtype, device=self.theta.device)
@@ -177,29 +224,17 @@ class RankGates(nn.Module):
 
     @torch.no_grad()
     def hard_lengths(self, real_lengths: torch.Tensor) -> torch.Tensor:
-        """(B, L) kept tokens per layer at inference: l_j = #{k < l_{j-1} : g_j[k] > threshold}.
+        """(B, L) kept tokens per layer at inference: l_j = #{k < l_{j-1} : the gate rank k meets > threshold}.
 
         Rank 0 ([CLS] in classification) always counts, so at least one token stays.
         """
-        open_ = self.values() > self.threshold
-        open_[:, 0] = True
-        cum = torch.cat([torch.zeros_like(open_[:, :1], dtype=torch.long), open_.long().cumsum(1)], dim=1)
-        cur = real_lengths.clamp(max=self.max_length).long()
-        out = []
-        for j in range(self.num_layers):
-            if j >= self.skip_first:
-                cur = cum[j - self.skip_first][cur]
-            out.append(cur)
-        return torch.stack(out, dim=1)
+        from dyntok.encoder import rank_table_lengths
 
-    @torch.no_grad()
-    def open_ranks(self) -> list[torch.Tensor | None]:
-        """Per layer, the ascending ranks whose gate is above the threshold (rank 0 always; None for the
-        ``skip_first`` layers, which keep every token): :meth:`TokenDroppingEncoder.forward` ``keep_ranks``.
-        The counts this keeps are :meth:`hard_lengths`."""
-        open_ = self.values() > self.threshold
-        open_[:, 0] = True
-        return [None] * self.skip_first + [row.nonzero().squeeze(1) for row in open_]
+        real = real_lengths.long()
+        if self.rank_scale == "absolute":
+            real = real.clamp(max=self.max_length)
+        width = max(int(real.max()), 1) if real.numel() else 1
+        return rank_table_lengths(self.open_table(real, width), real)
 
     @torch.no_grad()
     def length_config(self, reference_length: int) -> LengthConfig:

@@ -148,7 +148,7 @@ class DynTokModel(nn.Module):
         lengths: torch.Tensor | None = None,
         skip_layers: Sequence[bool] | None = None,
         rank_gates: Sequence[torch.Tensor | None] | None = None,
-        keep_ranks: Sequence[torch.Tensor | None] | None = None,
+        keep_by_rank: Sequence[torch.Tensor | None] | None = None,
     ) -> ModelOutput:
         """Shapes as in :meth:`TokenDroppingEncoder.forward`; returns :class:`ModelOutput`."""
         out = self.encoder(
@@ -160,7 +160,7 @@ class DynTokModel(nn.Module):
             restore=self.problem == "span",
             skip_layers=skip_layers,
             rank_gates=rank_gates,
-            keep_ranks=keep_ranks,
+            keep_by_rank=keep_by_rank,
         )
         if self.problem == "span":
             logits = self.head(self.dropout(out.hidden))

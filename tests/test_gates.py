@@ -113,22 +113,24 @@ LONGER = ["a gorgeous, witty, seductive movie about nothing much, and the best o
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_hard_inference_equals_the_straight_through_training_forward(tokenizer, seed):
+@pytest.mark.parametrize("scale", ["absolute", "relative"])
+def test_hard_inference_equals_the_straight_through_training_forward(tokenizer, seed, scale):
     """Gates with holes (a closed rank below open ones) in every layer: hard physical inference keeps the
     same tokens as the training forward, so in eval mode both give the same logits and kept counts; the
     top-l_j rule with the same counts keeps other tokens and gives other logits."""
     torch.manual_seed(seed)
     model = DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT).eval()
-    gates = RankGates(model.num_layers, 64, straight_through=True)
+    gates = RankGates(model.num_layers, 64, straight_through=True, rank_scale=scale, bins=8)
     with torch.no_grad():
-        gates.theta.copy_((torch.rand(3, 64) < 0.7).float() * 0.8 + 0.1)
+        gates.theta.copy_((torch.rand(gates.theta.shape) < 0.7).float() * 0.8 + 0.1)
     b = tokenizer(LONGER, padding=True, return_tensors="pt")
+    real, T = b["attention_mask"].sum(1), b["input_ids"].size(1)
     with torch.no_grad():
-        trained = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], rank_gates=gates.training_gates())
-        hard = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], keep_ranks=gates.open_ranks())
-        top = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
-                    lengths=gates.hard_lengths(b["attention_mask"].sum(1)))
-    assert torch.equal(hard.encoder.kept, gates.hard_lengths(b["attention_mask"].sum(1)))
+        trained = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                        rank_gates=gates.training_gates(real, T))
+        hard = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], keep_by_rank=gates.open_table(real, T))
+        top = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], lengths=gates.hard_lengths(real))
+    assert torch.equal(hard.encoder.kept, gates.hard_lengths(real))
     assert torch.allclose(trained.logits, hard.logits, atol=1e-5)
     assert torch.allclose(trained.encoder.cls, hard.encoder.cls, atol=1e-5)
     assert not torch.allclose(top.encoder.cls, hard.encoder.cls, atol=1e-3)
@@ -145,8 +147,10 @@ def test_token_sparsity_is_the_share_of_tokens_hard_inference_keeps(tokenizer):
     b = tokenizer(LONGER, padding=True, return_tensors="pt")
     out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], rank_gates=gates.training_gates())
     r = gates.token_sparsity(out.encoder.alive, b["attention_mask"], "uniform")
+    real_n, T = b["attention_mask"].sum(1), b["input_ids"].size(1)
     with torch.no_grad():
-        hard = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], keep_ranks=gates.open_ranks())
+        hard = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                     keep_by_rank=gates.open_table(real_n, T))
     real = b["attention_mask"].sum()
     assert r.item() == pytest.approx(hard.encoder.kept.sum().item() / (3 * real.item()))
     assert r.item() < 1.0
@@ -173,6 +177,24 @@ def test_gated_out_tokens_leave_the_significance_queries(tokenizer):
     _, ref = attention_with_scores(q[:, :, keep], k[:, :, keep], v[:, :, keep], mask[:, keep])
     assert torch.allclose(scores[:, keep], ref, atol=1e-6)
     assert scores[0, 2].abs().item() < 1e-6
+
+
+def test_relative_gates_index_the_share_of_the_input():
+    """rank_scale=relative: rank k of an n-token input meets gate floor(k G / n); the same open share keeps
+    the same share of a short and a long input, and usage counts tokens per gate."""
+    gates = RankGates(2, 128, rank_scale="relative", bins=4, fixed_first=True)
+    assert gates.theta.shape == (2, 4)
+    real = torch.tensor([4, 8, 2])
+    assert gates.gate_index(real, 8).tolist() == [[0, 1, 2, 3, 3, 3, 3, 3], [0, 0, 1, 1, 2, 2, 3, 3],
+                                                  [0, 2, 3, 3, 3, 3, 3, 3]]
+    with torch.no_grad():
+        gates.theta[0, 2:] = 0.0  # layer 1 keeps the top half of every input
+        gates.theta[1, 1:] = 0.0  # layer 2 keeps the top quarter of the input (rank 0 always)
+    assert gates.hard_lengths(real).tolist() == [[2, 1], [4, 2], [1, 1]]
+    # tokens meeting each gate, [CLS] (rank 0) left out: n=4 -> 1,2,3; n=8 -> 0,1,1,2,2,3,3; n=2 -> 2
+    assert gates._usage_weights(real).tolist() == [1.0, 3.0, 4.0, 3.0]
+    with pytest.raises(ValueError, match="real_lengths"):
+        gates.training_gates()
 
 
 def test_hard_lengths_are_non_increasing_even_if_gates_are_not():
@@ -216,9 +238,10 @@ def test_bad_gate_options_raise(kw):
         RankGates(3, 16, **kw)
 
 
-def test_gates_training_run_writes_learned_configuration(tmp_path):
-    proc = _run([*TINY, "method=gates", "regularizer.lambda=0.5", "regularizer.mu=0.1", "method.gate_lr=0.3"],
-                tmp_path / "run")
+@pytest.mark.parametrize("scale", ["absolute", "relative"])
+def test_gates_training_run_writes_learned_configuration(tmp_path, scale):
+    proc = _run([*TINY, "method=gates", "regularizer.lambda=0.5", "regularizer.mu=0.1", "method.gate_lr=0.3",
+                 f"method.rank_scale={scale}"], tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads((tmp_path / "run" / "results.json").read_text())
     assert rec["method"] == "gates"
@@ -228,6 +251,10 @@ def test_gates_training_run_writes_learned_configuration(tmp_path):
     # a strong lambda with a high gate learning rate must have closed some gates within 3 steps
     assert test["macs_ratio"] < 1.0
     assert rec["gates"]["gate_mean"] < 1.0
+    assert rec["gates"]["rank_scale"] == scale and len(rec["gates"]["open_gates"]) == 3
+    # the measured retention per layer is non-increasing and below 1 somewhere
+    kept = [test[f"retention_l{j}"] for j in (1, 2, 3)]
+    assert kept == sorted(kept, reverse=True) and kept[-1] < 1.0
 
 
 def _gates_module(**kw):

@@ -31,6 +31,8 @@ class GatesModule(TaskModule):
         regularizer: ``{"lambda": float >= 0, "mu": float >= 0}`` from the ``regularizer`` config group.
         gate_lr: learning rate of the gates (Adam, no weight decay, constant).
         max_length: T_max, the number of ranks gated (``data.max_length``).
+        rank_scale, rank_bins: ``absolute`` (a gate per rank, T_max per layer; default) or ``relative``
+            (``rank_bins`` gates per layer over the share of the input's tokens): see :class:`RankGates`.
         parametrization, gate_init, straight_through, threshold, skip_first: see :class:`RankGates`.
         layer_weighting: ``linear`` (w_j = j) or ``uniform`` weights of R_sparse.
         freeze_gates_steps: training steps before the gates start to move (lets the head settle).
@@ -60,7 +62,9 @@ class GatesModule(TaskModule):
                  straight_through: bool = False, threshold: float = 0.5, skip_first: int = 0,
                  layer_weighting: Literal["linear", "uniform"] = "linear", freeze_gates_steps: int = 0,
                  mu_ramp: tuple[float, float] = (0.0, 0.0), distill: float = 0.0,
-                 sparsity: Literal["gates", "tokens"] = "gates", **kw: Any) -> None:
+                 sparsity: Literal["gates", "tokens"] = "gates",
+                 rank_scale: Literal["absolute", "relative"] = "absolute", rank_bins: int = 20,
+                 **kw: Any) -> None:
         super().__init__(*args, **kw)
         lam, mu = float(regularizer.get("lambda", 0.0)), float(regularizer.get("mu", 0.0))
         if lam < 0 or mu < 0:
@@ -83,14 +87,15 @@ class GatesModule(TaskModule):
         self.freeze_gates_steps = freeze_gates_steps
         self.mu_ramp = (float(mu_ramp[0]), float(mu_ramp[1]))
         self.gates = RankGates(self.model.num_layers, max_length, parametrization, gate_init, straight_through,
-                               threshold, skip_first, fixed_first=self.model.keep_cls)
+                               threshold, skip_first, fixed_first=self.model.keep_cls, rank_scale=rank_scale,
+                               bins=rank_bins)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         real = batch["attention_mask"].sum(1)
-        if real.max() > self.gates.max_length:
+        if self.gates.rank_scale == "absolute" and real.max() > self.gates.max_length:
             raise ConfigError(f"inputs of {int(real.max())} tokens exceed method.max_length={self.gates.max_length}")
         self.gates.theta.requires_grad_(self.global_step >= self.freeze_gates_steps)
-        out = self(batch, rank_gates=self.gates.training_gates())
+        out = self(batch, rank_gates=self.gates.training_gates(real, batch["input_ids"].size(1)))
         task = self.task_loss(out.logits, batch["labels"])
         if self.distill > 0:
             with torch.no_grad():
@@ -137,7 +142,8 @@ class GatesModule(TaskModule):
 
     def inference_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         """Hard gates, physically: layer j keeps exactly the tokens whose rank has an open gate."""
-        return self(batch, keep_ranks=self.gates.open_ranks())
+        return self(batch, keep_by_rank=self.gates.open_table(batch["attention_mask"].sum(1),
+                                                              batch["input_ids"].size(1)))
 
     def validation_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         return self.inference_forward(batch)
@@ -173,8 +179,9 @@ class GatesModule(TaskModule):
         out["gates"] = {
             "lambda": self.lam, "mu": self.mu, "distill": self.distill, **self.gates.stats(),
             "values": self.gates.values().detach().cpu().tolist(),
-            # what inference keeps per layer (None: every token): the ranks whose gate is open
-            "open_ranks": [r.tolist() if r is not None else None for r in self.gates.open_ranks()],
+            "rank_scale": self.gates.rank_scale,
+            # per gated layer, the gates above the threshold (ranks, or share bins with rank_scale=relative)
+            "open_gates": [(row > self.gates.threshold).nonzero().squeeze(1).tolist() for row in self.gates.values()],
             "usage": self.gates.usage.cpu().tolist(),
         }
         return out
