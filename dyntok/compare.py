@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from dyntok.errors import DyntokError
+from dyntok.search import envelope_at
 
 GOAL_REDUCTION = {"imdb": 4.0}  # fewer MACs (real-length baseline) per task ...
 GOAL_REDUCTION_DEFAULT = 2.5  # ... for the others (SST-2)
@@ -156,20 +157,6 @@ def tested_checkpoint(rec: dict[str, Any]) -> str:
         source = Path(cfg["init_from"])
         return str(source if source.is_file() else run_checkpoint(source))
     return str(run_checkpoint(rec["path"]))
-
-
-def _interp(curve: list[tuple[float, float]], x: float) -> float | None:
-    """Baseline metric at MACs ratio x: linear along the upper envelope of its (MACs ratio, metric) points,
-    i.e. their Pareto frontier, so where two schedules cross the better one counts (None outside the range)."""
-    from dyntok.search import Point, pareto_frontier
-
-    pts = [(p.macs, p.score) for p in pareto_frontier([Point((), x0, y0) for x0, y0 in curve])]
-    if pts and max(curve)[0] > pts[-1][0]:  # dearer dominated points: the envelope stays flat up to them
-        pts.append((max(curve)[0], pts[-1][1]))
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -339,7 +326,7 @@ def _goals(points: list[dict[str, Any]], metric: str, step_ms: dict[str, float],
                          f"{GOAL_SPEED_SHARE} x MACs reduction at that point; {best['speedup']:.2f}x of "
                          f"{best['macs_reduction']:.2f}x ({share:.2f})")
         for base, curve in baselines.items():
-            cmp = [(p, _interp(curve, p["macs_ratio"])) for p in pts]
+            cmp = [(p, envelope_at(curve, p["macs_ratio"])) for p in pts]
             cmp = [(p, y) for p, y in cmp if y is not None]
             below = [p for p, y in cmp if p[metric] < y]
             if not cmp:

@@ -255,6 +255,33 @@ def near_frontier(points: Sequence[Point], margin: float) -> list[Point]:
     return out
 
 
+def envelope_at(curve: Sequence[tuple[float, float]], x: float) -> float | None:
+    """A baseline's metric at MACs ratio x: linear along the upper envelope of its (MACs ratio, metric)
+    points, i.e. their Pareto frontier, so where two schedules cross the better one counts (None outside
+    the range)."""
+    pts = [(p.macs, p.score) for p in pareto_frontier([Point((), x0, y0) for x0, y0 in curve])]
+    if pts and max(curve)[0] > pts[-1][0]:  # dearer dominated points: the envelope stays flat up to them
+        pts.append((max(curve)[0], pts[-1][1]))
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def compare_to_curve(points: Sequence[tuple[float, float]], curve: Sequence[tuple[float, float]]) -> dict[str, Any]:
+    """How (MACs ratio, score) ``points`` stand against a curve's upper envelope at their MACs ratios.
+
+    Returns:
+        ``compared`` (points inside the curve's range), ``below`` (how many score under it), ``worst``
+        (the most negative point minus envelope, or the smallest margin when none is below; None without
+        a comparable point) and ``below_at`` (the MACs ratios of the points below).
+    """
+    diffs = [(x, y - e) for x, y in points if (e := envelope_at(curve, x)) is not None]
+    below = [x for x, d in diffs if d < 0]
+    return {"compared": len(diffs), "below": len(below), "worst": min((d for _, d in diffs), default=None),
+            "below_at": sorted(below)}
+
+
 def best_under_budget(frontier: Sequence[Point], max_macs: float) -> Point:
     """The highest-scoring frontier point with MACs <= ``max_macs``.
 

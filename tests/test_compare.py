@@ -6,23 +6,24 @@ import json
 
 import pytest
 
-from dyntok.compare import _goals, _interp, main
+from dyntok.compare import _goals, main
+from dyntok.search import envelope_at
 from tests.test_run import TINY, _run
 
 
 def test_interpolation_between_baseline_points():
     curve = [(1.0, 0.9), (0.5, 0.7), (0.25, 0.5)]
-    assert _interp(curve, 0.75) == pytest.approx(0.8)
-    assert _interp(curve, 0.5) == pytest.approx(0.7)
-    assert _interp(curve, 0.1) is None  # outside the baseline's range: no claim either way
+    assert envelope_at(curve, 0.75) == pytest.approx(0.8)
+    assert envelope_at(curve, 0.5) == pytest.approx(0.7)
+    assert envelope_at(curve, 0.1) is None  # outside the baseline's range: no claim either way
 
 
 def test_baseline_is_the_upper_envelope_where_schedules_cross():
     # two extraction schedules crossing at 0.5x: each comparison is against the better one there
     curve = [(1.0, 0.9), (0.6, 0.45), (0.3, 0.2), (0.7, 0.88), (0.4, 0.5), (0.95, 0.91)]
-    assert _interp(curve, 0.6) == pytest.approx(0.5 + 0.38 / 3 * 2)  # on 0.4 -> 0.7, not the 0.6x point
-    assert _interp(curve, 0.35) == pytest.approx(0.35)
-    assert _interp(curve, 0.98) == pytest.approx(0.91)  # full (1.0, 0.9) is beaten by a cheaper point
+    assert envelope_at(curve, 0.6) == pytest.approx(0.5 + 0.38 / 3 * 2)  # on 0.4 -> 0.7, not the 0.6x point
+    assert envelope_at(curve, 0.35) == pytest.approx(0.35)
+    assert envelope_at(curve, 0.98) == pytest.approx(0.91)  # full (1.0, 0.9) is beaten by a cheaper point
 
 
 def test_goals_name_what_is_met_and_what_is_not():

@@ -113,6 +113,8 @@ def test_lengthdrop_run_searches_and_reports_the_chosen_configuration(tmp_path):
     assert rec["splits"]["test"]["macs_ratio"] < 1.0
     front = json.loads((run / "frontier.json").read_text())
     assert front["frontier"] and "LengthDrop model, constant ratio" in front["curves"]
+    vs = rec["search"]["frontier_vs_curves"]["LengthDrop model, constant ratio"]
+    assert 0 <= vs["below"] <= vs["compared"] <= len(front["frontier"])
     assert all(r["ms_per_example"] > 0 and r["speedup"] > 0 for r in front["frontier"])
     assert rec["search"]["full_ms_per_example"] > 0
     assert (run / "frontier.png").stat().st_size > 1000 and (run / "frontier.tsv").exists()

@@ -14,6 +14,7 @@ from dyntok.search import (
     Point,
     SearchStore,
     best_under_budget,
+    compare_to_curve,
     constant_ratio_gene,
     crossover,
     mutate,
@@ -42,6 +43,15 @@ def test_near_frontier_keeps_points_within_the_margin_of_the_cheaper_best():
     # 0.01 below the best at equal or fewer MACs: (8,) at 0.795 <= 0.80 and (7,) at 0.84 <= 0.85
     assert [p.gene for p in near_frontier(pts, 0.01)] == [(5,), (1,), (8,), (2,), (7,), (6,)]
     assert len(near_frontier(pts, 1.0)) == len(pts)
+
+
+def test_compare_to_curve_counts_points_below_the_envelope():
+    curve = [(0.4, 0.80), (0.6, 0.84), (1.0, 0.86)]
+    # 0.5: envelope 0.82 -> +0.01; 0.55: 0.83 -> -0.02; 0.3: outside the curve, not compared
+    out = compare_to_curve([(0.5, 0.83), (0.55, 0.81), (0.3, 0.9)], curve)
+    assert out["compared"] == 2 and out["below"] == 1 and out["below_at"] == [0.55]
+    assert out["worst"] == pytest.approx(-0.02)
+    assert compare_to_curve([(0.2, 0.5)], curve) == {"compared": 0, "below": 0, "worst": None, "below_at": []}
 
 
 def test_constant_ratio_gene_is_the_lengthdrop_floor():

@@ -30,6 +30,7 @@ from dyntok.search import (
     Point,
     SearchStore,
     best_under_budget,
+    compare_to_curve,
     constant_ratio_gene,
     gene_to_config,
 )
@@ -385,6 +386,10 @@ class LengthDropModule(TaskModule):
             if self.baseline is not None:
                 curves["standard model, constant ratio"] = [point(c, self.baseline) for c in consts]
             self.search_summary["curves_split"] = split
+            # where the searched frontier stands against each constant-ratio curve on the report split
+            searched = curves["LengthDrop model, searched"]
+            self.search_summary["frontier_vs_curves"] = {
+                name: compare_to_curve(searched, curve) for name, curve in curves.items() if curve is not searched}
         (run_dir / "frontier.json").write_text(json.dumps({"frontier": rows, "curves": curves}, indent=2))
         cols = [k for k in rows[0] if k != "gene"] if rows else []
         lines = ["\t".join(["gene", *cols])] + ["\t".join([",".join(map(str, r["gene"])),
