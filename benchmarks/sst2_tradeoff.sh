@@ -42,6 +42,10 @@ for lam in 2.5 3.0; do   # gates over the share of each input's tokens instead o
   run "$OUT/gates_relative/lam_$lam" "${GATES[@]}" "regularizer.lambda=$lam" method.rank_scale=relative \
       "label='gates (relative ranks, 3 epochs)'"
 done
+for lam in 2.5 4.0 6.0; do   # layers 1-2 carry no gates (extraction shows they must stay whole)
+  run "$OUT/gates_keep2/lam_$lam" "${GATES[@]}" "regularizer.lambda=$lam" method.skip_first=2 \
+      "label='gates (layers 1-2 ungated, 3 epochs)'"
+done
 # the same without the bi-modal term: gates stay spread around the threshold
 run "$OUT/gates_mu0/lam_2.5" method=gates "init_from=$OUT/full" trainer.max_epochs=3 regularizer.lambda=2.5 \
     regularizer.mu=0 "label='gates (mu=0, 3 epochs)'"

@@ -104,17 +104,18 @@ def measure(pred, batches: list[dict[str, torch.Tensor]], length_config: Any = N
 
 
 def train_step_ms(preds: dict[str, Any], batches: list[dict[str, torch.Tensor]], warmup: int = 2) -> dict[str, float]:
-    """Milliseconds per optimizer step (forward, backward, AdamW) of each method on the same batches."""
-    out = {}
+    """Milliseconds per optimizer step (forward, backward, AdamW) of each method on the same batches: the
+    median over batches after ``warmup``. The methods take turns on each batch, so drift in the machine's
+    speed (other processes, frequency) falls on every method alike."""
+    states = {}
     for name, pred in preds.items():
-        module = pred.module
-        module.train()
-        params = [p for p in module.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-6)
-        times = []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # self.log() outside a Trainer
-            for i, b in enumerate(batches):
+        pred.module.train()
+        params = [p for p in pred.module.parameters() if p.requires_grad]
+        states[name] = (pred.module, torch.optim.AdamW(params, lr=1e-6), [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log() outside a Trainer
+        for i, b in enumerate(batches):
+            for module, opt, times in states.values():
                 start = time.perf_counter()
                 loss = module.training_step(b, i)
                 loss.backward()
@@ -122,9 +123,9 @@ def train_step_ms(preds: dict[str, Any], batches: list[dict[str, torch.Tensor]],
                 opt.zero_grad(set_to_none=True)
                 if i >= warmup:
                     times.append(time.perf_counter() - start)
+    for module, _, _ in states.values():
         module.eval()
-        out[name] = 1000 * float(np.median(times))
-    return out
+    return {name: 1000 * float(np.median(times)) for name, (_, _, times) in states.items()}
 
 
 def _inference_memory(ckpt: str, split: str, data_dir: str | None, batch_size: int,
