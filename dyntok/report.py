@@ -25,20 +25,26 @@ def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for label, pts in curves.items():
+    many = len(curves) > 6  # the legend then goes beside the axes, where it hides no point
+    fig, ax = plt.subplots(figsize=(10.5 if many else 6.4, 4.8 if many else 4.4), dpi=120)
+    colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
+    markers = "os^Dv<>pPX*h"
+    for i, (label, pts) in enumerate(curves.items()):
         pts = sorted(pts)
         if not pts:
             continue
         xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="o", ms=3.5, lw=1.4, label=label)
+        ax.plot(xs, ys, marker=markers[i % len(markers)], ms=4, lw=1.4, label=label, color=colors[i % len(colors)])
     if xlog:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if many:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

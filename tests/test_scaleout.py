@@ -327,3 +327,17 @@ def test_a_gates_sweep_command_runs_with_the_tiny_model(tmp_path):
     rec = _results(run_dir)
     assert rec["method"] == "gates" and rec["gates"]["lambda"] == args["regularizer.lambda"]["value"]
     assert 0.0 <= rec["splits"]["test"]["accuracy"] <= 1.0
+
+
+def test_plot_curves_puts_a_long_legend_beside_the_axes(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from dyntok.report import plot_curves
+
+    def curves(n):
+        return {f"run {i}": [(0.1 * k, 0.5 + 0.01 * i + 0.02 * k) for k in range(1, 5)] for i in range(n)}
+
+    few = plt.imread(plot_curves(curves(3), tmp_path / "few.png", "MACs ratio", "accuracy"))
+    many = plt.imread(plot_curves(curves(12), tmp_path / "many.png", "MACs ratio", "accuracy"))
+    assert few.shape[1] < 2 * few.shape[0]
+    assert many.shape[1] > 2 * many.shape[0]  # the figure widens to hold the legend at the right
