@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dyntok.errors import DyntokError
-from dyntok.search import envelope_at
+from dyntok.search import compare_to_curve
 
 GOAL_REDUCTION = {"imdb": 4.0}  # fewer MACs (real-length baseline) per task ...
 GOAL_REDUCTION_DEFAULT = 2.5  # ... for the others (SST-2)
@@ -327,16 +327,14 @@ def _goals(points: list[dict[str, Any]], metric: str, step_ms: dict[str, float],
                          f"{GOAL_SPEED_SHARE} x MACs reduction at that point; {best['speedup']:.2f}x of "
                          f"{best['macs_reduction']:.2f}x ({share:.2f})")
         for base, curve in baselines.items():
-            cmp = [(p, envelope_at(curve, p["macs_ratio"])) for p in pts]
-            cmp = [(p, y) for p, y in cmp if y is not None]
-            below = [p for p, y in cmp if p[metric] < y]
-            if not cmp:
+            vs = compare_to_curve([(p["macs_ratio"], p[metric]) for p in pts], curve)
+            if not vs["compared"]:
                 lines.append(f"NO DATA  {method} above {base}: no {base} points span its MACs ratios")
                 continue
-            lines.append(f"{'MET    ' if not below else 'NOT MET'}  {method} above {base} at every "
-                         f"equal-MACs point: {len(cmp) - len(below)} of {len(cmp)} comparable points above"
-                         + (" (below at MACs ratio " + ", ".join(f"{p['macs_ratio']:.2f}" for p in below) + ")"
-                            if below else ""))
+            lines.append(f"{'MET    ' if not vs['below'] else 'NOT MET'}  {method} above {base} at every "
+                         f"equal-MACs point: {vs['compared'] - vs['below']} of {vs['compared']} comparable points above"
+                         + (" (below at MACs ratio " + ", ".join(f"{x:.2f}" for x in vs["below_at"]) + ")"
+                            if vs["below"] else ""))
         if method in step_ms and "full" in step_ms:
             r = step_ms[method] / step_ms["full"]
             lines.append(f"{'MET    ' if r <= GOAL_STEP[method] else 'NOT MET'}  {method} training step <= "
