@@ -2,9 +2,10 @@
 # SST-2 accuracy/compute trade-off with MiniLM, every method on the same recipe (16,000 training
 # sentences), reported on the SST-2 dev set, then measured side by side (dyntok.compare):
 #   full fine-tuning (2 epochs) -> untrained extraction -> the full model trained 3 more epochs (the
-#   reference of every 3-epoch stage) -> gates over lambda grids (3 epochs) -> LengthDrop (4 epochs) and
-#   the search scored on training sentences, re-scored on further sentences.
-# About 4.5 hours on 2 CPU cores. Usage: benchmarks/sst2_tradeoff.sh [DATA_DIR=../shared/data/glue] [OUT=runs/sst2]
+#   reference of every 3-epoch stage) -> gates over lambda grids and single-lambda probes (3 epochs) ->
+#   LengthDrop (4 epochs) and the search scored on training sentences, re-scored on further sentences ->
+#   the LengthDrop model inferring with each gates run's learned gates.
+# About 5.7 hours on 2 CPU cores. Usage: benchmarks/sst2_tradeoff.sh [DATA_DIR=../shared/data/glue] [OUT=runs/sst2]
 # Every stage skips work already done (results.json present), so a killed run is resumed by rerunning.
 set -euo pipefail
 DATA=${1:-../shared/data/glue}
@@ -49,6 +50,21 @@ done
 # the same without the bi-modal term: gates stay spread around the threshold
 run "$OUT/gates_mu0/lam_2.5" method=gates "init_from=$OUT/full" trainer.max_epochs=3 regularizer.lambda=2.5 \
     regularizer.mu=0 "label='gates (mu=0, 3 epochs)'"
+# single-lambda probes past the 2.5x cliff (report only, not in compare): distillation from the full model,
+# the token L1 weighted by MACs (uniform layers), slower gates
+V="${OUT}_ref/gates_variants"
+run "$V/distill_0.5" "${GATES[@]}" regularizer.lambda=3.0 method.distill=0.5 \
+    "label='gates (distill 0.5 from full, 3 epochs)'"
+run "$V/tokens_uniform" "${GATES[@]}" regularizer.lambda=3.0 method.sparsity=tokens method.layer_weighting=uniform \
+    "label='gates (token L1, uniform layers, 3 epochs)'"
+for lam in 1.5 2.5; do   # R_sparse with every layer weighted alike (the default charges layer j by j)
+  run "$V/uniform_lam_$lam" "${GATES[@]}" "regularizer.lambda=$lam" method.layer_weighting=uniform \
+      "label='gates (uniform layer weights, 3 epochs)'"
+done
+run "$V/gate_lr_1e-3" "${GATES[@]}" regularizer.lambda=3.0 method.gate_lr=1e-3 \
+    "label='gates (gate_lr 1e-3, 3 epochs)'"
+run "$V/gate_lr_2e-3_ramp_0.5" "${GATES[@]}" regularizer.lambda=3.0 method.gate_lr=2e-3 "method.mu_ramp=[0.5,0.8]" \
+    "label='gates (gate_lr 2e-3, mu ramp 0.5-0.8, 3 epochs)'"
 # LengthDrop: four epochs of sandwich training from the fine-tuned model (the paper trains five); p=0.35
 # reaches 0.33x MACs on 6 layers; no LayerDrop (see README); tested at full length
 run "$OUT/lengthdrop_4ep" method=lengthdrop "init_from=$OUT/full" trainer.max_epochs=4 method.layer_drop=0.0 \
@@ -61,6 +77,14 @@ run "${OUT}_ref/lengthdrop_4ep_search" method=lengthdrop train=false "init_from=
 run "$OUT/lengthdrop_4ep_search_rescored" method=lengthdrop train=false "init_from=$OUT/lengthdrop_4ep" \
     method.search.min_length=15 method.search.max_examples=800 method.search.rescore_examples=1500 \
     "label='lengthdrop (4 epochs, searched on sentences, re-scored)'"
+# what each learned gates configuration is worth on another encoder: the LengthDrop model inferring with the
+# gates runs' hard gates (dyntok.api --gates-from), to set against the gates models' own accuracy
+mkdir -p "$OUT/gates_on_lengthdrop"
+for g in "$OUT"/gates_*/lam_* "$V"/*; do
+  f="$OUT/gates_on_lengthdrop/$(basename "$(dirname "$g")")_$(basename "$g").json"
+  [ -f "$f" ] && continue
+  "$PY" -m dyntok.api "$OUT/lengthdrop_4ep" --gates-from "$g" --data-dir "$DATA" > "$f.tmp" && mv "$f.tmp" "$f"
+done
 "$PY" -m dyntok.report "$OUT" "${OUT}_ref" --split test --out docs/sst2_tradeoff
 # every run side by side in one process: accuracy, MACs, measured latency, training step, memory, goals
 "$PY" -m dyntok.compare "$OUT" --data-dir "$DATA" --out docs/sst2_benchmark

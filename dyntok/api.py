@@ -8,7 +8,8 @@ files and the method's state (gates, or the length configuration the search chos
     >>> out = model.predict(["a gorgeous, witty film", "dull and long"])
     >>> out.labels, out.probabilities.shape, out.macs   # classes, (2, num_labels), MACs per example
 
-Command line: ``python -m dyntok.api CKPT --split test [--data-dir DIR]`` prints the split's metrics and MACs.
+Command line: ``python -m dyntok.api CKPT --split test [--data-dir DIR]`` prints the split's metrics and MACs;
+``--length-config C`` or ``--gates-from GATES_CKPT`` (another run's learned hard gates) override its configuration.
 """
 
 from __future__ import annotations
@@ -74,10 +75,28 @@ class Predictor:
 
     def forward(self, batch: dict[str, torch.Tensor], length_config=None):
         """The module's :meth:`~dyntok.methods.base.TaskModule.infer` on a collated batch, with
-        ``length_config`` (any form :meth:`LengthConfig.parse` reads) or the checkpoint's own rule."""
+        ``length_config`` (any form :meth:`LengthConfig.parse` reads) or the checkpoint's own rule.
+
+        ``length_config`` may also be a :class:`~dyntok.gates.RankGates`, e.g. another gates run's
+        ``dyntok.load(ckpt).module.gates``: this model then runs with those hard gates (layer j keeps the
+        ranks, by this model's significance scores, whose gate is open), which separates what a learned
+        configuration is worth from how well that run's encoder adapted to it.
+
+        Raises:
+            ConfigError: a bad ``length_config``, or rank gates for another depth.
+        """
+        from dyntok.gates import RankGates
+
+        L = self.module.model.num_layers
+        if isinstance(length_config, RankGates):
+            if length_config.num_layers != L:
+                raise ConfigError(f"length_config: rank gates for {length_config.num_layers} layers, the model has {L}")
+            table = length_config.to(batch["input_ids"].device).open_table(batch["attention_mask"].sum(1),
+                                                                             batch["input_ids"].size(1))
+            return self.module(batch, keep_by_rank=table)
         cfg = None
         if length_config is not None:
-            cfg = LengthConfig.parse(length_config, self.module.model.num_layers, "length_config")
+            cfg = LengthConfig.parse(length_config, L, "length_config")
         return self.module.infer(batch, cfg)
 
     @torch.inference_mode()
@@ -231,7 +250,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m dyntok.api CKPT [--split test] [--data-dir DIR]``: metrics and MACs of a checkpoint."""
+    """``python -m dyntok.api CKPT [--split test] [--data-dir DIR] [--length-config C | --gates-from GATES]``:
+    metrics and MACs of a checkpoint."""
     import json
     import sys
 
@@ -240,18 +260,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", default="test", help="any split of the task (train, validation, test, ...)")
     ap.add_argument("--data-dir", default=None, help="where the task's files are (default: the run's data_dir)")
     ap.add_argument("--length-config", default=None, help="override, e.g. 0.5 or [1,1,0.4,0.4,0.4,0.4]")
+    ap.add_argument("--gates-from", default=None,
+                    help="a method=gates checkpoint or run folder: infer with its learned hard gates instead")
     ap.add_argument("--max-examples", type=int, default=None)
     args = ap.parse_args(argv)
+    if args.length_config is not None and args.gates_from is not None:
+        ap.error("give --length-config or --gates-from, not both")
     try:
         pred = load(args.checkpoint)
         lc = None
         if args.length_config is not None:
             lc = json.loads(args.length_config)
+        if args.gates_from is not None:
+            lc = getattr(load(args.gates_from).module, "gates", None)
+            if lc is None:
+                raise ConfigError(f"--gates-from {args.gates_from}: not a method=gates checkpoint")
         vals = pred.evaluate(args.split, args.data_dir, length_config=lc, max_examples=args.max_examples)
     except DyntokError as e:
         print(f"dyntok: error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, **vals}, indent=2))
+    extra = {"gates_from": args.gates_from} if args.gates_from else {}
+    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, **extra, **vals}, indent=2))
 
 
 if __name__ == "__main__":

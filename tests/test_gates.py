@@ -291,3 +291,20 @@ def test_distillation_pulls_the_gated_student_towards_the_frozen_fine_tuned_mode
     assert not any(k.startswith("teacher") for k in module.state_dict())  # never saved in checkpoints
     with pytest.raises(ConfigError, match="method.distill"):
         _gates_module(distill=1.5)
+
+
+def test_warns_when_lambda_closed_no_gate(caplog):
+    module = _gates_module(gate_lr=1e-3)
+    module.lam = 3.0
+    module.gates.usage[1:] = 1.0  # ranks 1.. reached in training
+    with caplog.at_level("WARNING", logger="dyntok"):
+        assert module.warn_if_no_gate_closed()
+    assert "no gate closed" in caplog.text and "method.gate_lr=0.001" in caplog.text
+    caplog.clear()
+    with torch.no_grad():
+        module.gates.theta[-1, 5] = 0.2  # one gate closed: lambda did act
+    assert not module.warn_if_no_gate_closed() and not caplog.text
+    module.lam = 0.0
+    with torch.no_grad():
+        module.gates.theta.fill_(1.0)
+    assert not module.warn_if_no_gate_closed()  # no sparsity asked for, nothing to warn about

@@ -332,3 +332,46 @@ def test_run_checkpoint_picks_what_the_run_tested(tmp_path):
     assert run_checkpoint(other) == other / "checkpoints" / "final.ckpt"
     with pytest.raises(CheckpointError, match="no checkpoint"):
         run_checkpoint(tmp_path / "empty")
+
+
+def test_another_runs_rank_gates_drive_inference(tiny_run, tmp_path):
+    import dyntok
+    from dyntok.gates import RankGates
+
+    model = dyntok.load(tiny_run)
+    L = model.module.model.num_layers
+    gates = RankGates(L, 64, fixed_first=True)
+    with torch.no_grad():
+        gates.theta[1, 3:] = 0.0  # layer 2 keeps ranks 0-2
+        gates.theta[2, 5] = 0.0   # a hole at rank 5 in layer 3 (unreachable once layer 2 keeps 3)
+    texts = ["a gorgeous, witty, seductive movie about nothing much", "dull and long", "fine"]
+    out = model.predict(texts, length_config=gates)
+    full = model.predict(texts)
+    expected = gates.hard_lengths(torch.as_tensor(out.input_lengths))
+    assert (out.kept == expected.numpy()).all() and (out.kept[:, 1] <= 3).all()
+    assert (out.macs[:2] < full.macs[:2]).all()
+    with pytest.raises(ConfigError, match="rank gates for 2 layers"):
+        model.predict(texts, length_config=RankGates(2, 64))
+    # the command line takes a gates run's gates: on that run's own model they reproduce its test results
+    cwd = tmp_path / "gates_run"
+    cwd.mkdir()
+    args = ["model=tiny", "logger=csv", "data.max_train_samples=64", "data.max_eval_samples=40",
+            "trainer.max_epochs=1", "data.batch_size=16", "method=gates", "regularizer.lambda=0.5",
+            "regularizer.mu=0.1", "method.gate_lr=0.3"]
+    proc = subprocess.run(_cmd(args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gates_run = _run_dir(cwd)
+    rec = json.loads((gates_run / "results.json").read_text())["splits"]["test"]
+    assert rec["macs_ratio"] < 1.0
+    for target in (gates_run, tiny_run):
+        proc = subprocess.run([sys.executable, "-m", "dyntok.api", str(target), "--gates-from", str(gates_run)],
+                              env=ENV, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        cli = json.loads(proc.stdout)
+        assert cli["gates_from"] == str(gates_run) and cli["macs_ratio"] < 1.0
+        if target == gates_run:
+            assert cli["accuracy"] == pytest.approx(rec["accuracy"])
+            assert cli["macs_ratio"] == pytest.approx(rec["macs_ratio"])
+    bad = subprocess.run([sys.executable, "-m", "dyntok.api", str(tiny_run), "--gates-from", str(tiny_run)],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "not a method=gates checkpoint" in bad.stderr

@@ -9,6 +9,7 @@ gate is open, the tokens the straight-through training forward keeps.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ from dyntok.gates import RankGates
 from dyntok.lengths import LengthConfig
 from dyntok.methods.base import TaskModule, distillation_loss
 from dyntok.model import ModelOutput
+
+log = logging.getLogger("dyntok")
 
 
 class GatesModule(TaskModule):
@@ -134,6 +137,23 @@ class GatesModule(TaskModule):
         if self.distill > 0 and self.teacher is None:
             raise ConfigError(f"method.distill={self.distill} needs a fine-tuned teacher: set init_from=<a "
                               "method=full run or checkpoint>, or method.distill=0")
+
+    def on_train_end(self) -> None:
+        self.warn_if_no_gate_closed()
+
+    def warn_if_no_gate_closed(self) -> bool:
+        """Log a warning (and return True) when lambda > 0 but every gate reached in training is still open.
+
+        Adam normalises the gates' gradients, so lambda decides which way a gate moves, and ``gate_lr``
+        times the steps before ``mu_ramp`` locks the gates decides how far: too small a product leaves every
+        gate above the threshold whatever lambda is (SST-2: ``gate_lr=1e-3`` with ``mu_ramp=[0.3, 0.6]``).
+        """
+        if self.lam <= 0 or self.gates.stats()["gate_open_share"] < 1.0:
+            return False
+        log.warning("gates: no gate closed in training (regularizer.lambda=%g, method.gate_lr=%g, method.mu_ramp=%s):"
+                    " every token is kept. Adam moves each gate by about gate_lr a step whatever lambda is, so raise"
+                    " method.gate_lr or start method.mu_ramp later", self.lam, self.gate_lr, list(self.mu_ramp))
+        return True
 
     def optimizer_step(self, *args: Any, **kw: Any) -> None:
         super().optimizer_step(*args, **kw)
