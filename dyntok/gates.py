@@ -16,7 +16,8 @@ choice a constructor argument:
   R_sparse is the layer-weighted share of tokens kept: lambda means the same at any length or depth).
   At g = 1 the gradients of lambda * R_sparse and mu * R_bimodal are lambda and -mu (same weights): gates
   start closing only where lambda > mu.
-  w_j = j (``layer_weighting="linear"``, PoWER-BERT: deeper layers pay more) or 1 (``"uniform"``).
+  w_j = j (``layer_weighting="linear"``, PoWER-BERT: deeper layers pay more), 1 (``"uniform"``) or
+  L - j + 1 (``"reverse"``: early layers pay more, as a token they drop is spared by every later layer).
   Or (``GatesModule`` ``sparsity="tokens"``) the same L1 on the masks the tokens see:
   :meth:`RankGates.token_sparsity`, the share of tokens present after each layer, which MACs follow.
 - **Bi-modal** term (Srinivas et al. 2017): R_bimodal = the same usage-weighted mean of g (1 - g): zero at 0
@@ -178,12 +179,15 @@ class RankGates(nn.Module):
         u = torch.zeros(self.num_gates, dtype=self.theta.dtype, device=self.theta.device)
         return u.index_add_(0, idx[real].to(u.device), torch.ones_like(idx[real], dtype=u.dtype, device=u.device))
 
-    def layer_weights(self, weighting: Literal["linear", "uniform"]) -> torch.Tensor:
+    def layer_weights(self, weighting: Literal["linear", "uniform", "reverse"]) -> torch.Tensor:
+        """(L_gated,) w_j of the gated layers j = skip_first + 1 .. L: j, 1 or L - j + 1."""
         j = torch.arange(self.skip_first + 1, self.num_layers + 1, dtype=self.theta.dtype, device=self.theta.device)
-        return j if weighting == "linear" else torch.ones_like(j)
+        if weighting == "linear":
+            return j
+        return self.num_layers + 1 - j if weighting == "reverse" else torch.ones_like(j)
 
     def regularizers(
-        self, real_lengths: torch.Tensor, weighting: Literal["linear", "uniform"] = "linear"
+        self, real_lengths: torch.Tensor, weighting: Literal["linear", "uniform", "reverse"] = "linear"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(R_sparse, R_bimodal), both scalars in [0, 1] and [0, 0.25].
 
@@ -203,7 +207,7 @@ class RankGates(nn.Module):
 
     def token_sparsity(
         self, alive: list[torch.Tensor | None], attention_mask: torch.Tensor,
-        weighting: Literal["linear", "uniform"] = "uniform",
+        weighting: Literal["linear", "uniform", "reverse"] = "uniform",
     ) -> torch.Tensor:
         """R_tokens in [0, 1]: the layer-weighted share of real tokens still present after each gated layer,
         sum_j w_j sum_t a_j(t) / (sum_j w_j * real tokens), with a_j(t) the product of the gates token t got

@@ -37,7 +37,8 @@ class GatesModule(TaskModule):
         rank_scale, rank_bins: ``absolute`` (a gate per rank, T_max per layer; default) or ``relative``
             (``rank_bins`` gates per layer over the share of the input's tokens): see :class:`RankGates`.
         parametrization, gate_init, straight_through, threshold, skip_first: see :class:`RankGates`.
-        layer_weighting: ``linear`` (w_j = j) or ``uniform`` weights of R_sparse.
+        layer_weighting: ``linear`` (w_j = j), ``uniform`` or ``reverse`` (w_j = L - j + 1) weights of
+            R_sparse (:meth:`RankGates.layer_weights`; only ``linear`` follows PoWER-BERT).
         freeze_gates_steps: training steps before the gates start to move (lets the head settle).
         mu_ramp: ``[start, end]`` shares of the training steps: mu is 0 until ``start``, grows linearly to
             its value at ``end`` and stays there (``[0, 0]``: constant mu). The gates first find what to
@@ -63,7 +64,7 @@ class GatesModule(TaskModule):
     def __init__(self, *args: Any, regularizer: dict[str, float], gate_lr: float = 2e-3, max_length: int = 128,
                  parametrization: Literal["clip", "sigmoid"] = "clip", gate_init: float = 1.0,
                  straight_through: bool = False, threshold: float = 0.5, skip_first: int = 0,
-                 layer_weighting: Literal["linear", "uniform"] = "linear", freeze_gates_steps: int = 0,
+                 layer_weighting: Literal["linear", "uniform", "reverse"] = "linear", freeze_gates_steps: int = 0,
                  mu_ramp: tuple[float, float] = (0.0, 0.0), distill: float = 0.0,
                  sparsity: Literal["gates", "tokens"] = "gates",
                  rank_scale: Literal["absolute", "relative"] = "absolute", rank_bins: int = 20,
@@ -74,8 +75,8 @@ class GatesModule(TaskModule):
             raise ConfigError(f"regularizer.lambda and regularizer.mu must be >= 0, got {lam} and {mu}")
         if len(mu_ramp) != 2 or not 0.0 <= mu_ramp[0] <= mu_ramp[1] <= 1.0:
             raise ConfigError(f"method.mu_ramp must be [start, end] with 0 <= start <= end <= 1, got {mu_ramp}")
-        if layer_weighting not in ("linear", "uniform"):
-            raise ConfigError(f"method.layer_weighting must be 'linear' or 'uniform', got {layer_weighting!r}")
+        if layer_weighting not in ("linear", "uniform", "reverse"):
+            raise ConfigError(f"method.layer_weighting must be 'linear', 'uniform' or 'reverse', got {layer_weighting!r}")
         if sparsity not in ("gates", "tokens"):
             raise ConfigError(f"method.sparsity must be 'gates' or 'tokens', got {sparsity!r}")
         if not 0.0 <= distill <= 1.0:
