@@ -5,7 +5,7 @@
 #   reference of every 3-epoch stage) -> gates over lambda grids and single-lambda probes (3 epochs) ->
 #   LengthDrop (4 epochs) and the search scored on training sentences, re-scored on further sentences ->
 #   the LengthDrop model inferring with each gates run's learned gates.
-# About 5.7 hours on 2 CPU cores. Usage: benchmarks/sst2_tradeoff.sh [DATA_DIR=../shared/data/glue] [OUT=runs/sst2]
+# About 5.9 hours on 2 CPU cores. Usage: benchmarks/sst2_tradeoff.sh [DATA_DIR=../shared/data/glue] [OUT=runs/sst2]
 # Every stage skips work already done (results.json present), so a killed run is resumed by rerunning.
 set -euo pipefail
 DATA=${1:-../shared/data/glue}
@@ -61,6 +61,8 @@ for lam in 1.5 2.5; do   # R_sparse with every layer weighted alike (the default
   run "$V/uniform_lam_$lam" "${GATES[@]}" "regularizer.lambda=$lam" method.layer_weighting=uniform \
       "label='gates (uniform layer weights, 3 epochs)'"
 done
+run "$V/reverse_lam_1.25" "${GATES[@]}" regularizer.lambda=1.25 method.layer_weighting=reverse \
+    "label='gates (reverse layer weights, 3 epochs)'"   # w_j = L - j + 1: early layers pay most
 run "$V/gate_lr_1e-3" "${GATES[@]}" regularizer.lambda=3.0 method.gate_lr=1e-3 \
     "label='gates (gate_lr 1e-3, 3 epochs)'"
 run "$V/gate_lr_2e-3_ramp_0.5" "${GATES[@]}" regularizer.lambda=3.0 method.gate_lr=2e-3 "method.mu_ramp=[0.5,0.8]" \
