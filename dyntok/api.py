@@ -91,9 +91,7 @@ class Predictor:
         if isinstance(length_config, RankGates):
             if length_config.num_layers != L:
                 raise ConfigError(f"length_config: rank gates for {length_config.num_layers} layers, the model has {L}")
-            table = length_config.to(batch["input_ids"].device).open_table(batch["attention_mask"].sum(1),
-                                                                             batch["input_ids"].size(1))
-            return self.module(batch, keep_by_rank=table)
+            return self.module(batch, keep_by_rank=length_config.to(self.device).batch_open_table(batch))
         cfg = None
         if length_config is not None:
             cfg = LengthConfig.parse(length_config, L, "length_config")

@@ -169,6 +169,11 @@ class RankGates(nn.Module):
             tables.append(t)
         return [None] * self.skip_first + tables
 
+    def batch_open_table(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor | None]:
+        """:meth:`open_table` of a collated batch (real lengths from its ``attention_mask``, width from its
+        ``input_ids``): the ``keep_by_rank`` of hard inference."""
+        return self.open_table(batch["attention_mask"].sum(1), batch["input_ids"].size(1))
+
     def _usage_weights(self, real_lengths: torch.Tensor) -> torch.Tensor:
         """(G,) u_k: tokens in the batch that meet gate k (absolute: examples with a token of rank k)."""
         width = int(real_lengths.max()) if real_lengths.numel() else 1

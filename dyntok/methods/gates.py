@@ -163,8 +163,7 @@ class GatesModule(TaskModule):
 
     def inference_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         """Hard gates, physically: layer j keeps exactly the tokens whose rank has an open gate."""
-        return self(batch, keep_by_rank=self.gates.open_table(batch["attention_mask"].sum(1),
-                                                              batch["input_ids"].size(1)))
+        return self(batch, keep_by_rank=self.gates.batch_open_table(batch))
 
     def validation_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         return self.inference_forward(batch)
