@@ -533,6 +533,10 @@ class DynTokDataModule(lightning.LightningDataModule):
             longest-first). Span tasks: tokens per window.
         batch_size: training batch size; ``eval_batch_size`` for every other split.
         max_train_samples: seeded random subset of train of this size (None: all).
+        train_min_length: leave out training examples of fewer real tokens (special tokens included) before
+            ``max_train_samples`` is drawn (0: keep all), e.g. to fine-tune token dropping on SST-2's
+            sentences rather than its phrases (train mean 13 tokens, dev 25). ``validation`` and the report
+            splits are untouched. Classification and regression tasks only.
         max_eval_samples: cap on every other split (first N after a seeded shuffle).
         validation_size: GLUE held-out slice of train: a fraction in (0, 1) or a count (SQuAD: of articles).
         length_bucketing: training batches from length-sorted buckets instead of plain shuffling.
@@ -552,7 +556,7 @@ class DynTokDataModule(lightning.LightningDataModule):
 
     def __init__(self, task: str, tokenizer: str, data_dir: str | None = None, max_length: int = 128,
                  batch_size: int = 32, eval_batch_size: int = 64, max_train_samples: int | None = None,
-                 max_eval_samples: int | None = None, validation_size: float | int = 0.1,
+                 train_min_length: int = 0, max_eval_samples: int | None = None, validation_size: float | int = 0.1,
                  length_bucketing: bool = False, num_workers: int = 0, seed: int = 42,
                  cache_dir: str | None = None, empty_text: str = "error", doc_stride: int | None = None,
                  max_answer_length: int = 30, n_best: int = 20):
@@ -570,6 +574,11 @@ class DynTokDataModule(lightning.LightningDataModule):
             value = getattr(self.hparams, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"data.{key}={value!r}: expected a positive integer or null")
+        if isinstance(train_min_length, bool) or not isinstance(train_min_length, int) or train_min_length < 0:
+            raise ConfigError(f"data.train_min_length={train_min_length!r}: expected a token count >= 0")
+        if train_min_length > 0 and self.task.problem == "span":
+            raise ConfigError(f"data.train_min_length={train_min_length}: span tasks ({task}) cannot drop windows "
+                              "of a question; use 0")
         if max_length < _MIN_LENGTH:
             raise ConfigError(f"data.max_length={max_length} is too small: need at least {_MIN_LENGTH} tokens")
         v = validation_size
@@ -817,7 +826,7 @@ class DynTokDataModule(lightning.LightningDataModule):
             "version": _CACHE_VERSION, "task": self.task.name, "sources": files, "tokenizer": hp.tokenizer,
             "vocab": len(self.tokenizer), "max_length": hp.max_length, "seed": hp.seed,
             "max_train_samples": hp.max_train_samples, "max_eval_samples": hp.max_eval_samples,
-            "validation_size": hp.validation_size, "empty_text": hp.empty_text,
+            "train_min_length": hp.train_min_length, "validation_size": hp.validation_size, "empty_text": hp.empty_text,
         }
         if self.task.problem == "span":
             key["doc_stride"] = self.doc_stride
@@ -854,6 +863,8 @@ class DynTokDataModule(lightning.LightningDataModule):
         for name in self.split_names:
             data = raw[name]
             cap = hp.max_train_samples if name == "train" else hp.max_eval_samples
+            if name == "train" and hp.train_min_length > 0:
+                data = self._long_enough(data, hp.train_min_length)
             if cap is not None and cap < len(data):
                 data = data.take(np.sort(_rng(hp.seed, f"cap/{name}").permutation(len(data))[:cap]))
             if self.task.problem == "span":
@@ -864,6 +875,18 @@ class DynTokDataModule(lightning.LightningDataModule):
             else:
                 splits[name], truncated[name] = _tokenize(self.tokenizer, data, hp.max_length)
         return splits, truncated
+
+
+    def _long_enough(self, data: RawSplit, min_length: int) -> RawSplit:
+        """The examples of ``data`` of at least ``min_length`` real tokens (``data.train_min_length``)."""
+        lengths = _tokenize(self.tokenizer, data, self.hparams.max_length)[0].lengths
+        keep = np.flatnonzero(lengths >= min_length)
+        if not len(keep):
+            raise ConfigError(f"data.train_min_length={min_length}: no training example of {self.task.name} is "
+                              f"that long (longest: {int(lengths.max())} tokens)")
+        log.info("%s/train: %d of %d examples have >= %d tokens (data.train_min_length)", self.task.name,
+                 len(keep), len(data), min_length)
+        return data.take(keep)
 
 
 def _read_squad(sources: dict[str, Any], validation_size: float | int, seed: int) -> dict[str, SquadExamples]:

@@ -65,6 +65,9 @@ class RankGates(nn.Module):
             rankings in the first layer are barely better than random, PAPERS.md).
         fixed_first: rank 0 is always kept ([CLS] in classification): its gate is neither regularised
             nor counted in the statistics.
+        min_keep: a floor on each gated layer, as a share of the input's real tokens: ranks below
+            ceil(min_keep * n) are kept whatever their gates say, in training and at inference, and are not
+            charged by R_sparse (0: no floor). Not in the paper; LengthDrop's length bound plays this role.
 
     Raises:
         ConfigError: on an unknown parametrization or out-of-range value.
@@ -82,8 +85,11 @@ class RankGates(nn.Module):
         fixed_first: bool = False,
         rank_scale: Literal["absolute", "relative"] = "absolute",
         bins: int = 20,
+        min_keep: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= min_keep < 1.0:
+            raise ConfigError(f"method.min_keep must be in [0, 1), got {min_keep}")
         if rank_scale not in ("absolute", "relative"):
             raise ConfigError(f"method.rank_scale must be 'absolute' or 'relative', got {rank_scale!r}")
         if rank_scale == "relative" and bins < 1:
@@ -104,6 +110,7 @@ class RankGates(nn.Module):
         self.fixed_first = fixed_first
         self.rank_scale = rank_scale
         self.max_length = max_length
+        self.min_keep = float(min_keep)
         n, G = num_layers - skip_first, (max_length if rank_scale == "absolute" else bins)
         if parametrization == "clip":
             theta = torch.full((n, G), float(init))
@@ -127,6 +134,13 @@ class RankGates(nn.Module):
         n = real_lengths.clamp(min=1)[:, None]
         return torch.div(r[None, :] * self.num_gates, n, rounding_mode="floor").clamp(max=self.num_gates - 1)
 
+    def floor_mask(self, real_lengths: torch.Tensor, width: int) -> torch.Tensor | None:
+        """(B, width) bool: ranks below ceil(min_keep * n), kept whatever their gates say; None without a floor."""
+        if self.min_keep == 0.0:
+            return None
+        floor = torch.ceil(self.min_keep * real_lengths.to(torch.float64)).long()
+        return torch.arange(width, device=real_lengths.device)[None, :] < floor[:, None]
+
     def values(self) -> torch.Tensor:
         """(L_gated, T_max) soft gate values in [0, 1]."""
         if self.parametrization == "clip":
@@ -143,29 +157,36 @@ class RankGates(nn.Module):
                        ) -> list[torch.Tensor | None]:
         """Per-layer gates for :meth:`TokenDroppingEncoder.forward` ``rank_gates`` (None = ungated):
         (G,) vectors, or with ``real_lengths`` (B,) and ``width`` (the batch's T) (B, width) tables of the
-        gate each rank meets (needed for ``relative``)."""
+        gate each rank meets (needed for ``relative`` and ``min_keep``; 1 under the floor)."""
         g = self.values()
         if self.straight_through:
             hard = (g > self.threshold).to(g.dtype)
             g = hard + g - g.detach()
         if real_lengths is None:
-            if self.rank_scale == "relative":
-                raise ValueError("relative rank gates need real_lengths and width")
+            if self.rank_scale == "relative" or self.min_keep > 0:
+                raise ValueError("relative rank gates and a min_keep floor need real_lengths and width")
             return [None] * self.skip_first + list(g.unbind(0))
         idx = self.gate_index(real_lengths, width)
-        return [None] * self.skip_first + [row[idx] for row in g.unbind(0)]
+        tables = [row[idx] for row in g.unbind(0)]
+        floor = self.floor_mask(real_lengths, width)
+        if floor is not None:
+            tables = [torch.where(floor, torch.ones_like(t), t) for t in tables]
+        return [None] * self.skip_first + tables
 
     @torch.no_grad()
     def open_table(self, real_lengths: torch.Tensor, width: int) -> list[torch.Tensor | None]:
         """Per layer, a (B, width) bool table: rank r of input b is kept (its gate is above the threshold;
-        rank 0 always); None for the ``skip_first`` layers. :meth:`TokenDroppingEncoder.forward`
+        rank 0 and the ranks under the ``min_keep`` floor always); None for the ``skip_first`` layers. :meth:`TokenDroppingEncoder.forward`
         ``keep_by_rank``: hard inference."""
         open_ = self.values() > self.threshold
         idx = self.gate_index(real_lengths, width)
+        floor = self.floor_mask(real_lengths, width)
         tables = []
         for row in open_:
             t = row[idx]
             t[:, 0] = True
+            if floor is not None:
+                t |= floor
             tables.append(t)
         return [None] * self.skip_first + tables
 
@@ -181,6 +202,9 @@ class RankGates(nn.Module):
         real = torch.arange(width, device=real_lengths.device)[None, :] < real_lengths[:, None]
         if self.fixed_first:
             real[:, 0] = False  # [CLS] is kept whatever its gate says
+        floor = self.floor_mask(real_lengths, width)
+        if floor is not None:
+            real &= ~floor  # so are the ranks under the floor: their gates decide nothing
         u = torch.zeros(self.num_gates, dtype=self.theta.dtype, device=self.theta.device)
         return u.index_add_(0, idx[real].to(u.device), torch.ones_like(idx[real], dtype=u.dtype, device=u.device))
 

@@ -209,6 +209,23 @@ def test_min_length_keeps_only_long_examples(make):
         dm.dataloader("train", min_length=1000)
 
 
+def test_train_min_length_filters_train_before_the_cap(make):
+    full = make("sst2")
+    lengths = full.dataset("train").lengths
+    cut = int(np.median(lengths)) + 1
+    long_rows = {r for r, n in zip(token_rows(full, "train"), lengths, strict=True) if n >= cut}
+    dm = make("sst2", train_min_length=cut)
+    assert set(token_rows(dm, "train")) == long_rows and len(long_rows) < len(lengths)
+    capped = make("sst2", train_min_length=cut, max_train_samples=4)
+    assert dm.split_sizes["train"] > 4 and capped.split_sizes["train"] == 4
+    assert set(token_rows(capped, "train")) <= long_rows  # the cap draws among the long examples
+    # validation and the report split keep their short examples
+    for split in ("validation", "test"):
+        assert token_rows(dm, split) == token_rows(full, split)
+    with pytest.raises(ConfigError, match="data.train_min_length=1000: no training example of sst2"):
+        make("sst2", train_min_length=1000)
+
+
 def test_skip_examples_gives_a_disjoint_subset_of_the_same_order(make):
     dm = make("sst2")
 
@@ -446,7 +463,8 @@ def test_max_length_too_small(tok_path):
     ("kw", "key"),
     [({"validation_size": 0}, "data.validation_size"), ({"validation_size": 1.5}, "data.validation_size"),
      ({"empty_text": "drop"}, "data.empty_text"), ({"batch_size": 0}, "data.batch_size"),
-     ({"max_train_samples": 0}, "data.max_train_samples")],
+     ({"max_train_samples": 0}, "data.max_train_samples"), ({"train_min_length": -1}, "data.train_min_length"),
+     ({"train_min_length": 2.5}, "data.train_min_length")],
 )
 def test_bad_settings_name_their_key(tok_path, kw, key):
     with pytest.raises(ConfigError, match=key):

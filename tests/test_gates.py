@@ -216,6 +216,38 @@ def test_skip_first_layers_keep_every_token():
     assert gates.hard_lengths(torch.tensor([10])).tolist() == [[10, 1, 1]]
 
 
+def test_min_keep_floor_keeps_a_share_of_each_input_and_is_not_charged(tokenizer):
+    gates = RankGates(3, 16, min_keep=0.25, fixed_first=True)
+    with torch.no_grad():
+        gates.theta.fill_(0.0)
+        gates.theta[0, :] = 1.0  # layer 1 keeps everything; layers 2-3 keep only the floor
+    real = torch.tensor([10, 4, 1])
+    # ceil(0.25 n): 3, 1, 1 tokens
+    assert gates.hard_lengths(real).tolist() == [[10, 3, 3], [4, 1, 1], [1, 1, 1]]
+    table = gates.training_gates(real, 10)[1]
+    assert table[0].tolist() == [1.0] * 3 + [0.0] * 7 and table[1, 0].item() == 1.0
+    # R_sparse charges only ranks above the floor (and not rank 0, fixed): u = [0, 0, 0, 1 x 7]
+    sparse, _ = gates.regularizers(real, "uniform")
+    assert sparse.item() == pytest.approx(7 / 21)  # layer 1 open, layers 2-3 closed
+    with pytest.raises(ValueError, match="min_keep floor need real_lengths"):
+        gates.training_gates()
+    # the training forward keeps the floor too: the same logits as the hard inference
+    torch.manual_seed(0)
+    model = DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT).eval()
+    gates = RankGates(model.num_layers, 64, straight_through=True, min_keep=0.3)
+    with torch.no_grad():
+        gates.theta.fill_(0.1)
+    b = tokenizer(LONGER, padding=True, return_tensors="pt")
+    real, T = b["attention_mask"].sum(1), b["input_ids"].size(1)
+    with torch.no_grad():
+        trained = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                        rank_gates=gates.training_gates(real, T))
+        hard = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], keep_by_rank=gates.open_table(real, T))
+    floor = torch.ceil(0.3 * real).long()
+    assert torch.equal(hard.encoder.kept, floor[:, None].expand(-1, model.num_layers))
+    assert torch.allclose(trained.logits, hard.logits, atol=1e-5)
+
+
 def test_straight_through_forward_is_hard_gradient_soft():
     gates = RankGates(1, 4, straight_through=True)
     with torch.no_grad():
@@ -234,7 +266,8 @@ def test_bimodal_share_counts_gates_near_zero_or_one():
     assert gates.stats()["gate_bimodal_share"] == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("kw", [{"parametrization": "tanh"}, {"init": 0.0}, {"threshold": 1.0}, {"skip_first": 3}])
+@pytest.mark.parametrize("kw", [{"parametrization": "tanh"}, {"init": 0.0}, {"threshold": 1.0}, {"skip_first": 3},
+                                {"min_keep": 1.0}, {"min_keep": -0.1}])
 def test_bad_gate_options_raise(kw):
     with pytest.raises(ConfigError):
         RankGates(3, 16, **kw)

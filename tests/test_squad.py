@@ -209,6 +209,8 @@ def test_doc_stride_must_leave_room(minilm_path):
         DynTokDataModule("squad", minilm_path, data_dir=str(DATA), max_length=128, doc_stride=120).setup()
     with pytest.raises(ConfigError, match="data.doc_stride=100 must be smaller .* question"):
         DynTokDataModule("squad", minilm_path, data_dir=str(DATA), max_length=128, doc_stride=100).setup()
+    with pytest.raises(ConfigError, match="data.train_min_length=20: span tasks"):
+        DynTokDataModule("squad", minilm_path, data_dir=str(DATA), train_min_length=20)
 
 
 def test_hub_fallback_offline_names_both_ways(minilm_path, tmp_path, monkeypatch):

@@ -36,7 +36,8 @@ class GatesModule(TaskModule):
         max_length: T_max, the number of ranks gated (``data.max_length``).
         rank_scale, rank_bins: ``absolute`` (a gate per rank, T_max per layer; default) or ``relative``
             (``rank_bins`` gates per layer over the share of the input's tokens): see :class:`RankGates`.
-        parametrization, gate_init, straight_through, threshold, skip_first: see :class:`RankGates`.
+        parametrization, gate_init, straight_through, threshold, skip_first, min_keep: see
+            :class:`RankGates` (``min_keep``: the share of each input's tokens every gated layer keeps).
         layer_weighting: ``linear`` (w_j = j), ``uniform`` or ``reverse`` (w_j = L - j + 1) weights of
             R_sparse (:meth:`RankGates.layer_weights`; only ``linear`` follows PoWER-BERT).
         freeze_gates_steps: training steps before the gates start to move (lets the head settle).
@@ -68,7 +69,7 @@ class GatesModule(TaskModule):
                  mu_ramp: tuple[float, float] = (0.0, 0.0), distill: float = 0.0,
                  sparsity: Literal["gates", "tokens"] = "gates",
                  rank_scale: Literal["absolute", "relative"] = "absolute", rank_bins: int = 20,
-                 **kw: Any) -> None:
+                 min_keep: float = 0.0, **kw: Any) -> None:
         super().__init__(*args, **kw)
         lam, mu = float(regularizer.get("lambda", 0.0)), float(regularizer.get("mu", 0.0))
         if lam < 0 or mu < 0:
@@ -92,7 +93,7 @@ class GatesModule(TaskModule):
         self.mu_ramp = (float(mu_ramp[0]), float(mu_ramp[1]))
         self.gates = RankGates(self.model.num_layers, max_length, parametrization, gate_init, straight_through,
                                threshold, skip_first, fixed_first=self.model.keep_cls, rank_scale=rank_scale,
-                               bins=rank_bins)
+                               bins=rank_bins, min_keep=min_keep)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         real = batch["attention_mask"].sum(1)
