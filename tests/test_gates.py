@@ -114,6 +114,17 @@ LONGER = ["a gorgeous, witty, seductive movie about nothing much, and the best o
           "dull and long, with a plot that goes nowhere at all", "fine"]
 
 
+def train_and_hard_forward(model, gates, tokenizer):
+    """Eval-mode logits of the straight-through training forward and of hard physical inference on LONGER."""
+    b = tokenizer(LONGER, padding=True, return_tensors="pt")
+    real, T = b["attention_mask"].sum(1), b["input_ids"].size(1)
+    with torch.no_grad():
+        trained = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                        rank_gates=gates.training_gates(real, T))
+        hard = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], keep_by_rank=gates.open_table(real, T))
+    return trained, hard, b, real
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("scale", ["absolute", "relative"])
 def test_hard_inference_equals_the_straight_through_training_forward(tokenizer, seed, scale):
@@ -125,12 +136,8 @@ def test_hard_inference_equals_the_straight_through_training_forward(tokenizer, 
     gates = RankGates(model.num_layers, 64, straight_through=True, rank_scale=scale, bins=8)
     with torch.no_grad():
         gates.theta.copy_((torch.rand(gates.theta.shape) < 0.7).float() * 0.8 + 0.1)
-    b = tokenizer(LONGER, padding=True, return_tensors="pt")
-    real, T = b["attention_mask"].sum(1), b["input_ids"].size(1)
+    trained, hard, b, real = train_and_hard_forward(model, gates, tokenizer)
     with torch.no_grad():
-        trained = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
-                        rank_gates=gates.training_gates(real, T))
-        hard = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], keep_by_rank=gates.open_table(real, T))
         top = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], lengths=gates.hard_lengths(real))
     assert torch.equal(hard.encoder.kept, gates.hard_lengths(real))
     assert torch.allclose(trained.logits, hard.logits, atol=1e-5)
@@ -237,12 +244,7 @@ def test_min_keep_floor_keeps_a_share_of_each_input_and_is_not_charged(tokenizer
     gates = RankGates(model.num_layers, 64, straight_through=True, min_keep=0.3)
     with torch.no_grad():
         gates.theta.fill_(0.1)
-    b = tokenizer(LONGER, padding=True, return_tensors="pt")
-    real, T = b["attention_mask"].sum(1), b["input_ids"].size(1)
-    with torch.no_grad():
-        trained = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
-                        rank_gates=gates.training_gates(real, T))
-        hard = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], keep_by_rank=gates.open_table(real, T))
+    trained, hard, _, real = train_and_hard_forward(model, gates, tokenizer)
     floor = torch.ceil(0.3 * real).long()
     assert torch.equal(hard.encoder.kept, floor[:, None].expand(-1, model.num_layers))
     assert torch.allclose(trained.logits, hard.logits, atol=1e-5)
