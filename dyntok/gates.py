@@ -209,7 +209,13 @@ class RankGates(nn.Module):
         return u.index_add_(0, idx[real].to(u.device), torch.ones_like(idx[real], dtype=u.dtype, device=u.device))
 
     def layer_weights(self, weighting: Literal["linear", "uniform", "reverse"]) -> torch.Tensor:
-        """(L_gated,) w_j of the gated layers j = skip_first + 1 .. L: j, 1 or L - j + 1."""
+        """(L_gated,) w_j of the gated layers j = skip_first + 1 .. L: j, 1 or L - j + 1.
+
+        Raises:
+            ConfigError: another ``weighting`` (names ``method.layer_weighting``).
+        """
+        if weighting not in ("linear", "uniform", "reverse"):
+            raise ConfigError(f"method.layer_weighting must be 'linear', 'uniform' or 'reverse', got {weighting!r}")
         j = torch.arange(self.skip_first + 1, self.num_layers + 1, dtype=self.theta.dtype, device=self.theta.device)
         if weighting == "linear":
             return j

@@ -71,6 +71,8 @@ def test_regularizers_hand_computed():
     assert sparse_u.item() == pytest.approx((4 + 3) / 12)
     sparse_r, _ = g.regularizers(lengths, "reverse")  # w = [2, 1]
     assert sparse_r.item() == pytest.approx((2 * 4 + 3) / 18)
+    with pytest.raises(ConfigError, match="method.layer_weighting .* got 'quadratic'"):
+        g.regularizers(lengths, "quadratic")
 
 
 def test_gradients_reach_the_gates_only_where_inputs_reach(tokenizer):
