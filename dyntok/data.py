@@ -876,7 +876,6 @@ class DynTokDataModule(lightning.LightningDataModule):
                 splits[name], truncated[name] = _tokenize(self.tokenizer, data, hp.max_length)
         return splits, truncated
 
-
     def _long_enough(self, data: RawSplit, min_length: int) -> RawSplit:
         """The examples of ``data`` of at least ``min_length`` real tokens (``data.train_min_length``)."""
         lengths = _tokenize(self.tokenizer, data, self.hparams.max_length)[0].lengths

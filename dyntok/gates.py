@@ -170,14 +170,14 @@ class RankGates(nn.Module):
         tables = [row[idx] for row in g.unbind(0)]
         floor = self.floor_mask(real_lengths, width)
         if floor is not None:
-            tables = [torch.where(floor, torch.ones_like(t), t) for t in tables]
+            tables = [t.masked_fill(floor, 1.0) for t in tables]
         return [None] * self.skip_first + tables
 
     @torch.no_grad()
     def open_table(self, real_lengths: torch.Tensor, width: int) -> list[torch.Tensor | None]:
         """Per layer, a (B, width) bool table: rank r of input b is kept (its gate is above the threshold;
-        rank 0 and the ranks under the ``min_keep`` floor always); None for the ``skip_first`` layers. :meth:`TokenDroppingEncoder.forward`
-        ``keep_by_rank``: hard inference."""
+        rank 0 and the ranks under the ``min_keep`` floor always); None for the ``skip_first`` layers.
+        :meth:`TokenDroppingEncoder.forward` ``keep_by_rank``: hard inference."""
         open_ = self.values() > self.threshold
         idx = self.gate_index(real_lengths, width)
         floor = self.floor_mask(real_lengths, width)

@@ -347,3 +347,8 @@ def test_warns_when_lambda_closed_no_gate(caplog):
     with torch.no_grad():
         module.gates.theta.fill_(1.0)
     assert not module.warn_if_no_gate_closed()  # no sparsity asked for, nothing to warn about
+
+
+def test_gates_module_rejects_an_unknown_layer_weighting_when_built():
+    with pytest.raises(ConfigError, match="method.layer_weighting .* got 'quadratic'"):
+        _gates_module(layer_weighting="quadratic")

@@ -76,8 +76,6 @@ class GatesModule(TaskModule):
             raise ConfigError(f"regularizer.lambda and regularizer.mu must be >= 0, got {lam} and {mu}")
         if len(mu_ramp) != 2 or not 0.0 <= mu_ramp[0] <= mu_ramp[1] <= 1.0:
             raise ConfigError(f"method.mu_ramp must be [start, end] with 0 <= start <= end <= 1, got {mu_ramp}")
-        if layer_weighting not in ("linear", "uniform", "reverse"):
-            raise ConfigError(f"method.layer_weighting must be 'linear', 'uniform' or 'reverse', got {layer_weighting!r}")
         if sparsity not in ("gates", "tokens"):
             raise ConfigError(f"method.sparsity must be 'gates' or 'tokens', got {sparsity!r}")
         if not 0.0 <= distill <= 1.0:
@@ -94,6 +92,7 @@ class GatesModule(TaskModule):
         self.gates = RankGates(self.model.num_layers, max_length, parametrization, gate_init, straight_through,
                                threshold, skip_first, fixed_first=self.model.keep_cls, rank_scale=rank_scale,
                                bins=rank_bins, min_keep=min_keep)
+        self.gates.layer_weights(layer_weighting)  # its ConfigError now, not at the first step
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         real = batch["attention_mask"].sum(1)
