@@ -453,8 +453,10 @@ class BucketBatchSampler(Sampler[list[int]]):
     """Shuffled training batches of similar length, to cut padding.
 
     Each epoch: shuffle all examples, cut them into chunks of ``chunk_batches * batch_size``, sort each
-    chunk by length and cut it into batches, then shuffle the order of all batches. Every ``iter()`` is a
-    new epoch (``set_epoch`` sets the counter); the order depends only on ``seed`` and the epoch.
+    chunk by length and cut it into batches, then shuffle the order of all batches. The order depends only
+    on ``seed`` and the epoch. ``set_epoch`` chooses the epoch (Lightning calls it before every training
+    epoch, a resumed one included, through ``batch_sampler.sampler``: see :attr:`sampler`); each ``iter()``
+    then moves the counter on, so a plain loop without ``set_epoch`` gets a new order every pass.
     Under DDP (``num_replicas`` processes) process ``rank`` takes every ``num_replicas``-th batch of that
     order, which is first extended with its own beginning so that every process takes as many steps.
     ``chunk_batches=1`` is plain shuffling (random batches, no length sorting).
@@ -471,11 +473,19 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         self._skip: tuple[int, int] | None = None
 
+    @property
+    def sampler(self) -> BucketBatchSampler:
+        """Lightning sets the epoch of ``dataloader.batch_sampler.sampler`` (not of the batch sampler itself)
+        before every training epoch; this batch sampler draws its own order, so it is that sampler too."""
+        return self
+
     def set_epoch(self, epoch: int) -> None:
+        """Iterate epoch ``epoch`` next (its order is a function of ``seed`` and ``epoch`` alone)."""
         self.epoch = epoch
 
     def skip_next(self, epoch: int, batches: int) -> None:
-        """Leave out the first ``batches`` batches when epoch ``epoch`` is iterated next."""
+        """Leave out the first ``batches`` batches when epoch ``epoch`` is iterated next (mid-epoch resume).
+        A skip of a whole epoch or more leaves out nothing: that epoch was finished."""
         self._skip = (epoch, batches)
 
     def __len__(self) -> int:
@@ -494,7 +504,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         order = rng.permutation(len(batches))
         order = np.resize(order, len(self) * self.num_replicas)[self.rank :: self.num_replicas]
         skip, self._skip = self._skip, None
-        if skip is not None and skip[0] == self.epoch - 1:
+        if skip is not None and skip[0] == self.epoch - 1 and skip[1] < len(order):
             order = order[skip[1]:]
         for k in order:
             yield batches[k]
@@ -733,16 +743,19 @@ class DynTokDataModule(lightning.LightningDataModule):
         return self.dataloader("train", shuffle=True, **self._replicas())
 
     def state_dict(self) -> dict[str, int]:
-        """Saved in every checkpoint: the epoch and the batches of it already trained on (mid-epoch resume)."""
+        """Saved in every checkpoint: the training epoch under way and how many of its batches were trained
+        on (all of them in a checkpoint written at the epoch's end)."""
         trainer = self.trainer
         if trainer is None:
             return {}
-        loop = trainer.fit_loop
-        return {"epoch": int(loop.epoch_progress.current.processed),
-                "batches": int(loop.epoch_loop.batch_progress.current.processed)}
+        # current_epoch is the epoch under way until its end-of-epoch hooks (where checkpoints are written)
+        # have run; the fit loop's processed count is one ahead there already
+        return {"epoch": int(trainer.current_epoch),
+                "batches": int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """On resume: the next training epoch ``state["epoch"]`` leaves out its first ``state["batches"]``."""
+        """On resume: epoch ``state["epoch"]``, when it is iterated, leaves out its first ``state["batches"]``
+        (nothing when that is the whole epoch)."""
         if state and state.get("batches"):
             self._resume_batches = (int(state["epoch"]), int(state["batches"]))
 

@@ -74,20 +74,23 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test as ``cfg`` says; returns the results record (also written to ``results.json``)."""
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fit and test as ``cfg`` says; returns the results record (also written to ``results.json``).
+
+    ``run_dir``: where checkpoints and results go (default: the Hydra run's output folder).
+    """
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from dyntok.callbacks import AtomicCheckpointIO, FiniteLossGuard, RngState, StepCheckpoint
+    from dyntok.callbacks import AtomicCheckpointIO, EpochEndResume, FiniteLossGuard, LastCheckpoint, RngState
     from dyntok.checkpoint import check_resumable, load_init_weights
     from dyntok.results import flat_rows, format_table, versions, write_results
     from dyntok.tasks import get_task
 
     _quiet_libraries()
     start = time.time()
-    run_dir = _run_dir()
+    run_dir = Path(run_dir) if run_dir is not None else _run_dir()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task = get_task(cfg.task.name)
     dm = instantiate(cfg.data)
@@ -106,14 +109,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt_dir = run_dir / "checkpoints"
     monitor = f"val/{task.main_metric}"
+    # best-*.ckpt only: last.ckpt (the resume point) is LastCheckpoint's alone
     ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", filename="best-{step}",
-                              save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
-                              auto_insert_metric_name=False,
-                              # last.ckpt is shared with StepCheckpoint: overwrite it, never write last-v1.ckpt
-                              enable_version_counter=False)
-    callbacks = [FiniteLossGuard(), RngState(), ckpt_cb, *module.extra_callbacks()]
-    if cfg.checkpoint.get("every_n_train_steps"):
-        callbacks.append(StepCheckpoint(ckpt_dir, cfg.checkpoint.every_n_train_steps))
+                              save_top_k=cfg.checkpoint.save_top_k, save_last=False,
+                              auto_insert_metric_name=False, enable_version_counter=False)
+    callbacks = [FiniteLossGuard(), RngState(), EpochEndResume(), ckpt_cb, *module.extra_callbacks()]
+    if cfg.checkpoint.save_last:
+        callbacks.append(LastCheckpoint(ckpt_dir, cfg.checkpoint.get("every_n_train_steps")))
+    # the user's own (callbacks.<name>._target_=...), after dyntok's
+    callbacks += [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     trainer = L.Trainer(**_trainer_kwargs(cfg), logger=_logger(cfg), callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
     ckpt_path = cfg.ckpt_path
@@ -187,7 +191,7 @@ def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
         len(devices) > 1 if isinstance(devices, list) else devices not in (1, "1", "auto"))
     if strategy == "auto" and several:
         strategy = "ddp"  # what Lightning picks for several devices
-    if (strategy in _SPAWN and several and HydraConfig.get().mode == RunMode.MULTIRUN
+    if (strategy in _SPAWN and several and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
             and not SLURMEnvironment.detect()):
         log.info("multirun: trainer.strategy=%s runs as %s (plain ddp would re-run the sweep in each rank)",
                  kw.get("strategy", "auto"), _SPAWN[strategy])
@@ -237,7 +241,7 @@ def build_method(cfg: DictConfig, model, task):
     return cls(model=model, task=task, **params)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry; bad input ends with one line naming what is wrong (exit status 2)."""
     from hydra.core.hydra_config import HydraConfig

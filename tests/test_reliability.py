@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from dyntok.callbacks import AtomicCheckpointIO, FiniteLossGuard, NumericalError, RngState, StepCheckpoint
+from dyntok.callbacks import AtomicCheckpointIO, FiniteLossGuard, LastCheckpoint, NumericalError, RngState
 from dyntok.checkpoint import check_resumable, load_init_weights
 from dyntok.errors import CheckpointError, ConfigError
 from dyntok.methods.full import FullFineTuning
@@ -27,7 +27,10 @@ from dyntok.tasks import get_task
 from tests.conftest import TINY_BERT
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# PYTHONPATH: runs load test callbacks (tests.callbacks) through +callbacks.<name>._target_
+ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+       "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                   os.environ.get("PYTHONPATH")]))}
 # ~100 optimizer steps of the tiny model, a checkpoint every 4: long enough to be killed in the middle
 TRAIN = ["model=tiny", "logger=csv", "data.max_train_samples=400", "data.max_eval_samples=40",
          "data.batch_size=8", "trainer.max_epochs=2", "checkpoint.every_n_train_steps=4", "model.dropout=0.1"]
@@ -136,6 +139,110 @@ def test_sigkill_mid_search_then_rerun_ends_with_the_same_frontier(tmp_path):
     assert fb["curves"] == fa["curves"]
 
 
+# ---- resume from every checkpoint a run writes --------------------------------------------------------
+
+GLUE = ROOT / "tests" / "data" / "glue"
+# SST-2 excerpt: 54 training sentences in 6 batches an epoch, 2 epochs; a step checkpoint every 3 steps, so
+# also at each epoch's last batch (where none may be written: the end-of-epoch one follows validation)
+RESUME = ["model=tiny", "logger=none", "task=sst2", f"data_dir={GLUE}", "data.batch_size=9", "trainer.max_epochs=2",
+          "checkpoint.every_n_train_steps=3", "model.dropout=0.1"]
+RESUME_CASES = {
+    "full": ["method=full"],
+    "full-max_steps": ["method=full", "trainer.max_steps=12", "trainer.max_epochs=-1"],
+    "full-mid_epoch_validation": ["method=full", "trainer.val_check_interval=0.5"],
+    "gates-max_steps": ["method=gates", "trainer.max_steps=12", "trainer.max_epochs=-1", "method.gate_lr=0.05"],
+    "lengthdrop-max_steps": ["method=lengthdrop", "trainer.max_steps=12", "trainer.max_epochs=-1",
+                             "method.search.enabled=false", "method.layer_drop=0.2"],
+}
+
+
+def _recorded(overrides: list[str], run_dir: Path, out: Path, ckpt_path: Path | None = None) -> dict:
+    """Train in this process with a :class:`tests.callbacks.Recorder`; the results record."""
+    from dyntok.run import train
+    from tests.test_run import _compose
+
+    rec = ["+callbacks.rec._target_=tests.callbacks.Recorder", f"+callbacks.rec.out={out}",
+           f"+callbacks.rec.checkpoints={run_dir / 'checkpoints'}"]
+    return train(_compose([*overrides, *rec, *([f"ckpt_path={ckpt_path}"] if ckpt_path else [])]), run_dir)
+
+
+def _validations(out: Path) -> list[dict]:
+    path = out / "validations.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_from_every_checkpoint_the_run_writes_is_exact(tmp_path, case):
+    """Resumed from each checkpoint file as it stood when written (step, validation, end of epoch, best),
+    the run trains the same batches and validates at the same steps, to the same weights and results."""
+    import shutil
+
+    overrides = [*RESUME, *RESUME_CASES[case]]
+    run_dir = tmp_path / "run"
+    ref = _recorded(overrides, run_dir, tmp_path / "ref")
+    ref_weights = _state(run_dir)
+    ref_validations = _validations(tmp_path / "ref")
+    assert len(ref_validations) == (4 if "mid_epoch" in case else 2)
+    shutil.move(run_dir, tmp_path / "ref_run")
+    snapshots = sorted(p for p in (tmp_path / "ref").iterdir() if p.is_dir())
+    kinds = {n.split("-")[0].removesuffix(".ckpt") for s in snapshots for n in json.loads((s / "new.json").read_text())}
+    assert kinds == {"last", "best"}, kinds
+    assert len(snapshots) >= 4
+    for snap in snapshots:
+        done = int(snap.name.split("-")[1])  # validations run when it was written
+        for name in json.loads((snap / "new.json").read_text()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.copytree(snap, run_dir / "checkpoints", ignore=shutil.ignore_patterns("new.json"))
+            out = tmp_path / f"resumed-{snap.name}-{name}"
+            got = _recorded(overrides, run_dir, out, run_dir / "checkpoints" / name)
+            where = f"resumed from {snap.name}/{name}"
+            assert _validations(out) == ref_validations[done:], where
+            assert got["train_steps"] == ref["train_steps"], where
+            assert got["splits"] == ref["splits"], where
+            assert got["best_val"] == ref["best_val"], where
+            assert Path(got["best_checkpoint"]).name == Path(ref["best_checkpoint"]).name, where
+            weights = _state(run_dir)
+            assert all(torch.equal(ref_weights[k], weights[k]) for k in ref_weights), where
+
+
+@pytest.mark.parametrize(("extra", "kill"), [
+    # iteration-based training killed just after the end-of-epoch checkpoint of epoch 1 (step 50)
+    (["trainer.max_steps=100"], ["+callbacks.kill.step=50", "+callbacks.kill.hook=train_epoch_end"]),
+    # killed after the checkpoint of epoch 2's mid-epoch validation (step 75), before the next training step
+    (["trainer.val_check_interval=0.5"], ["+callbacks.kill.step=75", "+callbacks.kill.hook=train_batch_start"]),
+], ids=["after_epoch_end_checkpoint", "after_validation_checkpoint"])
+def test_sigkill_after_an_epoch_or_validation_checkpoint_then_rerun_matches(tmp_path, extra, kill):
+    def args(run: str, *more: str) -> list[str]:
+        return [*TRAIN, "method=full", *extra, f"hydra.run.dir={tmp_path / run}",
+                "+callbacks.rec._target_=tests.callbacks.Recorder", "+callbacks.rec.snapshots=false",
+                f"+callbacks.rec.out={tmp_path / run / 'record'}",
+                f"+callbacks.rec.checkpoints={tmp_path / run / 'checkpoints'}", *more]
+
+    done = subprocess.run(_cmd(args("whole")), env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = subprocess.run(_cmd(args("killed", "+callbacks.kill._target_=tests.callbacks.KillAt", *kill)),
+                            env=ENV, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_dir = tmp_path / "killed"
+    assert not (run_dir / "results.json").exists()
+    step = int(kill[0].split("=")[1])
+    assert int(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]) == step
+    before = _validations(run_dir / "record")
+    again = subprocess.run(_cmd(args("killed")), env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout + again.stderr
+    a = json.loads((tmp_path / "whole" / "results.json").read_text())
+    b = json.loads((run_dir / "results.json").read_text())
+    assert b["train_steps"] == a["train_steps"] == 100
+    assert b["splits"] == a["splits"] and b["best_val"] == a["best_val"]
+    assert Path(b["best_checkpoint"]).name == Path(a["best_checkpoint"]).name
+    # every validation of the uninterrupted run, once, before the kill or after the rerun
+    whole = _validations(tmp_path / "whole" / "record")
+    assert _validations(run_dir / "record") == whole and before == whole[:len(before)] and before
+    sa, sb = _state(tmp_path / "whole"), _state(run_dir)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), [k for k in sa if not torch.equal(sa[k], sb[k])][:5]
+
+
 # ---- numerical faults ----------------------------------------------------------------------------
 
 
@@ -167,7 +274,7 @@ def _batches(n: int = 8, b: int = 4, t: int = 12):
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     module = _tiny_module(_NaNAt, nan_step=5)
     trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[FiniteLossGuard(), RngState(), StepCheckpoint(tmp_path, 2)],
+                        callbacks=[FiniteLossGuard(), RngState(), LastCheckpoint(tmp_path, 2)],
                         plugins=[AtomicCheckpointIO()], default_root_dir=str(tmp_path))
     with pytest.raises(NumericalError, match=r"loss is nan at step 5 .*last\.ckpt"):
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_batches(), batch_size=None))
@@ -182,7 +289,7 @@ def test_step_checkpoint_rejects_a_bad_interval(tmp_path):
     from dyntok.errors import ConfigError
 
     with pytest.raises(ConfigError, match="checkpoint.every_n_train_steps"):
-        StepCheckpoint(tmp_path, 0)
+        LastCheckpoint(tmp_path, 0)
 
 
 # ---- checkpoints into the wrong model or method --------------------------------------------------

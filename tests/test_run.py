@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
+CONF = ROOT / "dyntok" / "conf"
 GLUE = ROOT / "tests" / "data" / "glue"
 TINY = ["model=tiny", "logger=csv", "data.max_train_samples=48", "data.max_eval_samples=24",
         "trainer.max_epochs=1", "data.batch_size=16"]
