@@ -83,34 +83,33 @@ class TaskSpec:
 
             return torchmetrics.MetricCollection({"squad": SquadMetric(sync_on_compute=sync_on_compute)},
                                                  prefix=prefix)
-        metrics = {name: _build_metric(self, name) for name in self.metric_names}
-        for m in metrics.values():
-            m.sync_on_compute = m._to_sync = sync_on_compute  # _to_sync: what compute() reads
+        metrics = {name: _build_metric(self, name, sync_on_compute=sync_on_compute) for name in self.metric_names}
         return torchmetrics.MetricCollection(metrics, prefix=prefix)
 
 
-def _build_metric(spec: TaskSpec, name: str) -> torchmetrics.Metric:
+def _build_metric(spec: TaskSpec, name: str, **kw) -> torchmetrics.Metric:
+    """GLUE's scorer's value in every case, degenerate ones included (:mod:`dyntok.metrics`)."""
+    from dyntok.metrics import MatthewsCorrCoef, SpearmanCorrCoef
+
     if spec.problem == "classification":
         # binary metrics take int preds in {0, 1} as they are (no threshold on probabilities)
         binary = spec.num_labels == 2
         if name == "accuracy":
             if binary:
-                return tmc.BinaryAccuracy()
+                return tmc.BinaryAccuracy(**kw)
             # micro average = plain accuracy; torchmetrics' multiclass default is macro
-            return tmc.MulticlassAccuracy(num_classes=spec.num_labels, average="micro")
+            return tmc.MulticlassAccuracy(num_classes=spec.num_labels, average="micro", **kw)
         if name == "f1" and binary:
-            return tmc.BinaryF1Score()
+            return tmc.BinaryF1Score(**kw)
         if name == "mcc":
-            if binary:
-                return tmc.BinaryMatthewsCorrCoef()
-            return tmc.MulticlassMatthewsCorrCoef(num_classes=spec.num_labels)
+            return MatthewsCorrCoef(num_classes=spec.num_labels, **kw)
     elif spec.problem == "regression":
         if name == "pearson":
-            return tmr.PearsonCorrCoef()
+            return tmr.PearsonCorrCoef(**kw)
         if name == "spearman":
             with warnings.catch_warnings():  # it keeps all preds; fine for STS-B's 1,500 pairs
                 warnings.filterwarnings("ignore", message="Metric `SpearmanCorrcoef` will save")
-                return tmr.SpearmanCorrCoef()
+                return SpearmanCorrCoef(**kw)
     raise ConfigError(f"task {spec.name!r}: no metric {name!r} for a {spec.problem} task")
 
 

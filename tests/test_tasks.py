@@ -76,3 +76,100 @@ def test_regression_metrics_on_float_predictions():
     expected = torch.corrcoef(torch.stack([preds, target]))[0, 1]
     assert out["pearson"].item() == pytest.approx(expected.item(), abs=1e-5)
     assert out["spearman"].item() == pytest.approx(1.0)
+
+
+# ---- GLUE's scorer (scikit-learn / SciPy) in degenerate cases ------------------------------------------
+
+
+def _score(task: str, preds, target) -> dict[str, float]:
+    out = get_task(task).metrics()(torch.as_tensor(preds), torch.as_tensor(target))
+    return {k: v.item() for k, v in out.items()}
+
+
+@pytest.mark.parametrize(("preds", "target"), [
+    ([1] * 10, [0, 1, 1, 0, 1, 0, 0, 1, 1, 1]),  # constant predictions: torchmetrics 1.9 says 0.129
+    ([0, 1, 1, 0, 1, 0, 0, 1, 1, 1], [1] * 10),  # labels of one class
+    ([1] * 6, [1] * 6),                          # both constant: torchmetrics says 1.0
+    ([0] * 6, [0] * 6),
+])
+def test_matthews_correlation_is_zero_where_glue_says_so(preds, target):
+    assert _score("cola", preds, target)["mcc"] == 0.0
+
+
+def test_matthews_correlation_by_hand_binary_and_multiclass():
+    # binary: tp=3 tn=2 fp=1 fn=2 -> (3*2 - 1*2) / sqrt(4 * 5 * 3 * 4)
+    preds, target = [1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 1, 1, 0, 0]
+    assert _score("cola", preds, target)["mcc"] == pytest.approx(4 / (4 * 5 * 3 * 4) ** 0.5, abs=1e-12)
+    from dyntok.metrics import MatthewsCorrCoef
+
+    # 3 classes, confusion [[2,1,0],[0,1,1],[1,0,1]]: c=4 s=7 t=(3,2,2) p=(3,2,2)
+    # (4*7 - 17) / sqrt((49 - 17) * (49 - 17)) = 11 / 32
+    m = MatthewsCorrCoef(num_classes=3)
+    m.update(torch.tensor([0, 0, 1, 1, 2, 2, 0]), torch.tensor([0, 0, 0, 1, 1, 2, 2]))
+    assert m.compute().item() == pytest.approx(11 / 32, abs=1e-12)
+    assert MatthewsCorrCoef(num_classes=3)(torch.zeros(5, dtype=torch.long), torch.tensor([0, 1, 2, 0, 1])).item() == 0.0
+
+
+def test_f1_without_positives_is_zero():
+    assert _score("mrpc", [0, 0, 0, 0], [0, 0, 0, 0])["f1"] == 0.0
+    assert _score("mrpc", [0, 0, 0, 0], [0, 1, 0, 1])["f1"] == 0.0
+
+
+def test_correlations_of_constant_regression_outputs_are_undefined():
+    import math
+
+    out = _score("stsb", [2.0] * 5, [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert math.isnan(out["pearson"]) and math.isnan(out["spearman"])  # SciPy: nan for a constant input
+    # ties take average ranks: ranks (1, 2.5, 2.5, 4.5, 4.5) against (1..5): hand value 0.9486832980505138
+    out = _score("stsb", [1.0, 2.0, 2.0, 3.0, 3.0], [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert out["spearman"] == pytest.approx(3 / 10**0.5, abs=1e-6)
+
+
+def test_glue_metrics_equal_scikit_learn_and_scipy_on_random_predictions():
+    sk = pytest.importorskip("sklearn.metrics")
+    stats = pytest.importorskip("scipy.stats")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    labels = st.lists(st.integers(0, 1), min_size=2, max_size=40)
+
+    @settings(max_examples=60, deadline=None)
+    @given(labels, st.data())
+    def binary(target, data):
+        preds = data.draw(st.lists(st.integers(0, 1), min_size=len(target), max_size=len(target)))
+        out = _score("mrpc", preds, target)
+        assert out["f1"] == pytest.approx(sk.f1_score(target, preds, zero_division=0.0), abs=1e-6)
+        assert out["accuracy"] == pytest.approx(sk.accuracy_score(target, preds), abs=1e-6)
+        assert _score("cola", preds, target)["mcc"] == pytest.approx(sk.matthews_corrcoef(target, preds), abs=1e-9)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.integers(0, 2), min_size=2, max_size=40), st.data())
+    def multiclass(target, data):
+        from dyntok.metrics import MatthewsCorrCoef
+
+        preds = data.draw(st.lists(st.integers(0, 2), min_size=len(target), max_size=len(target)))
+        got = MatthewsCorrCoef(num_classes=3)(torch.tensor(preds), torch.tensor(target)).item()
+        assert got == pytest.approx(sk.matthews_corrcoef(target, preds), abs=1e-9)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 10), st.integers(0, 10)), min_size=3, max_size=30))
+    def regression(pairs):
+        import math
+        import warnings
+
+        preds, target = [float(a) / 2 for a, _ in pairs], [float(b) / 2 for _, b in pairs]
+        out = _score("stsb", preds, target)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SciPy warns on a constant input
+            want = {"pearson": stats.pearsonr(preds, target).statistic, "spearman": stats.spearmanr(preds, target).statistic}
+        for k, v in want.items():
+            assert (math.isnan(out[k]) and math.isnan(v)) or out[k] == pytest.approx(v, abs=1e-4), (k, out[k], v)
+
+    binary()
+    multiclass()
+    regression()
+
+
+def test_metrics_built_for_one_process_do_not_sync():
+    for m in get_task("cola").metrics(sync_on_compute=False).values():
+        assert m.sync_on_compute is False and m._to_sync is False

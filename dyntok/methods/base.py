@@ -109,10 +109,11 @@ class TaskModule(L.LightningModule):
         target = batch["index"] if self.task.problem == "span" else batch["labels"]
         metrics.update(self.predictions(logits), target)
 
-    def split_metrics(self, split: str, datamodule=None, prefix: str = ""):
+    def split_metrics(self, split: str, datamodule=None, prefix: str = "", sync_on_compute: bool = True):
         """A fresh metric collection for ``split``; span metrics come bound to that split's windows and
-        questions from ``datamodule`` (default: the Trainer's)."""
-        metrics = self.task.metrics(prefix).to(self.device)
+        questions from ``datamodule`` (default: the Trainer's). ``sync_on_compute=False``: computed by one
+        process alone (no DDP sync, which would wait for the others)."""
+        metrics = self.task.metrics(prefix, sync_on_compute=sync_on_compute).to(self.device)
         self._bind_span(metrics, split, datamodule)
         return metrics
 

@@ -181,15 +181,14 @@ class LengthDropModule(TaskModule):
               metrics=None) -> float:
         """Task main metric of ``model`` (default: this one) on pre-collated batches with ``cfg``.
 
-        ``metrics``: the collection to fill (reset first), default a fresh ``task.metrics()``; span tasks pass
-        one bound to the batches' split (:meth:`TaskModule.split_metrics`).
+        ``metrics``: the collection to fill (reset first, built with ``sync_on_compute=False``), default a fresh
+        ``task.metrics()``; span tasks pass one bound to the batches' split (:meth:`TaskModule.split_metrics`).
         """
         model = model or self.model
         was_training = model.training
         model.eval()
-        metrics = metrics if metrics is not None else self.task.metrics().to(self.device)
-        for m in metrics.values():  # scored by one process alone: no DDP sync (it would wait forever)
-            m.sync_on_compute = m._to_sync = False
+        # scored by one process alone: no DDP sync (it would wait forever)
+        metrics = metrics if metrics is not None else self.task.metrics(sync_on_compute=False).to(self.device)
         metrics.reset()
         for b in batches:
             lengths = cfg.resolve(b["attention_mask"].sum(1)) if cfg is not None else None
@@ -248,7 +247,7 @@ class LengthDropModule(TaskModule):
         ref = int(datamodule.hparams.max_length)
         L = self.model.num_layers
         batches = self._batches(datamodule, s["split"], s["max_examples"], s["min_length"])
-        metrics = self.split_metrics(s["split"], datamodule)
+        metrics = self.split_metrics(s["split"], datamodule, sync_on_compute=False)
         lengths = torch.cat([b["attention_mask"].sum(1) for b in batches]).cpu()
         full_macs = float(length_config_macs(self.dims, LengthConfig.full(L), lengths).mean())
 
@@ -314,7 +313,7 @@ class LengthDropModule(TaskModule):
         s = self.search_cfg
         batches = self._batches(datamodule, s["split"], s["rescore_examples"], s["min_length"],
                                 skip_examples=s["max_examples"])
-        metrics = self.split_metrics(s["split"], datamodule)
+        metrics = self.split_metrics(s["split"], datamodule, sync_on_compute=False)
         lengths = torch.cat([b["attention_mask"].sum(1) for b in batches]).cpu()
         L = self.model.num_layers
         full_macs = float(length_config_macs(self.dims, LengthConfig.full(L), lengths).mean())
@@ -368,7 +367,7 @@ class LengthDropModule(TaskModule):
         if self.search_cfg["curves"]:
             split = self.task.test_splits[0]
             batches = self._batches(datamodule, split, None)
-            metrics = self.split_metrics(split, datamodule)
+            metrics = self.split_metrics(split, datamodule, sync_on_compute=False)
             lengths = torch.cat([b["attention_mask"].sum(1) for b in batches]).cpu()
             L = self.model.num_layers
             full = float(length_config_macs(self.dims, LengthConfig.full(L), lengths).mean())
