@@ -25,7 +25,7 @@ import torch
 
 from dyntok.checkpoint import read_checkpoint
 from dyntok.errors import CheckpointError, ConfigError, DyntokError
-from dyntok.flops import MacsReport, full_macs, model_macs
+from dyntok.flops import MacsReport, model_macs
 from dyntok.lengths import LengthConfig
 
 
@@ -36,8 +36,10 @@ class Predictions:
     Attributes:
         labels: class names (classification; the task's raw label values) or floats (regression).
         probabilities: (N, num_labels) softmax probabilities; (N,) predicted values for regression.
-        macs: (N,) MACs each example cost with the checkpoint's length configuration.
-        full_macs: (N,) encoder MACs of the full model at each example's real length (the baseline).
+        macs: (N,) MACs each example cost with the checkpoint's length configuration: the whole task model
+            (encoder and head, :func:`dyntok.flops.model_macs`).
+        full_macs: (N,) the same count for the full model at each example's real length (the baseline):
+            ``macs / full_macs`` is the MACs ratio, 1.0 for the full model.
         kept: (N, L) tokens kept after each layer.
         input_lengths: (N,) real tokens of each input (after truncation to the task's ``max_length``).
     """
@@ -134,7 +136,8 @@ class Predictor:
             p = out.logits.float() if self.task.problem == "regression" else out.logits.float().softmax(-1)
             k_ = out.encoder.kept.cpu()
             m = model_macs(dims, real.cpu(), k_, self.task.problem).numpy()
-            f = full_macs(dims, real.cpu()).numpy()
+            n = real.cpu()
+            f = model_macs(dims, n, n.unsqueeze(1).expand(-1, L), self.task.problem).numpy()
             for row, i in enumerate(idx):
                 probs[i] = p[row].cpu().numpy()
                 macs[i], full[i], kept[i] = m[row], f[row], k_[row].numpy()

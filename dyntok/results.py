@@ -32,8 +32,11 @@ def versions() -> dict[str, str | None]:
     import dyntok
 
     commit = None
+    root = Path(__file__).resolve().parent.parent
     try:
-        root = Path(__file__).resolve().parent.parent
+        # a source checkout only: an installed package's folder may sit inside some other repository
+        if "name = \"dyntok\"" not in (root / "pyproject.toml").read_text():
+            raise OSError("not a dyntok checkout")
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()

@@ -78,6 +78,13 @@ def test_tiny_model_trains_end_to_end_and_writes_results(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
 
+def test_the_default_wandb_logger_runs_offline_without_warnings(tmp_path):
+    proc = _run([*TINY, "logger=wandb", "trainer.max_steps=2"], tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "wandb" / "latest-run").exists()
+    assert "anonymous setting" not in proc.stdout + proc.stderr
+
+
 def test_glue_pair_regression_task_from_data_dir(tmp_path):
     proc = _run([*TINY, "task=stsb", f"data_dir={GLUE}"], tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]

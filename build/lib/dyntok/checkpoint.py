@@ -1,0 +1,143 @@
+"""Reading dyntok checkpoints: initialising one method from another's weights, and checking they fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyntok.errors import CheckpointError
+
+
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint that stands for a run folder's results.
+
+    In order: ``checkpoints/final.ckpt`` (the weights and length configuration the run tested); the weights
+    its ``results.json`` says were tested (``best_checkpoint``, or the final ``last*.ckpt``); its best; its
+    last; else the same names anywhere below ``run_dir`` (a folder of runs with one checkpoint).
+
+    Raises:
+        CheckpointError: no checkpoint there.
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    ckpts = run_dir / "checkpoints"  # read directly: a symlinked folder counts (rglob would skip it)
+    if (ckpts / "final.ckpt").is_file():
+        return ckpts / "final.ckpt"
+    lasts = sorted(ckpts.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)  # last-v1: older Lightning naming
+    results = run_dir / "results.json"
+    if results.is_file():
+        try:
+            rec = json.loads(results.read_text())
+        except ValueError:
+            rec = {}
+        best = rec.get("best_checkpoint")
+        if rec.get("tested_weights") == "best" and best and Path(best).is_file():
+            return Path(best)
+        if rec.get("tested_weights") == "final" and lasts:
+            return lasts[-1]
+    cands = sorted(ckpts.glob("best-*.ckpt")) or lasts
+    if not cands:
+        cands = sorted(run_dir.rglob("final.ckpt")) or sorted(run_dir.rglob("best-*.ckpt")) or \
+            sorted(run_dir.rglob("last.ckpt"))
+    if not cands:
+        raise CheckpointError(f"no checkpoint (final.ckpt, best-*.ckpt or last.ckpt) under {run_dir}")
+    return cands[-1]
+
+
+def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The task model's weights (``model.*`` of a checkpoint's state dict), keys without the prefix."""
+    return {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint written by dyntok (a ``.ckpt`` file, or a run folder: :func:`run_checkpoint`).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or not a dyntok checkpoint.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = run_checkpoint(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    if "state_dict" not in state or "dyntok" not in state:
+        raise CheckpointError(f"{path} is not a dyntok checkpoint (no 'dyntok' metadata)")
+    state["path"] = str(path)
+    return state
+
+
+_METHOD_NAMES = {"FullFineTuning": "full", "GatesModule": "gates", "LengthDropModule": "lengthdrop"}
+
+
+def _check_model_and_task(state: dict[str, Any], module, model_name: str | None = None) -> dict[str, Any]:
+    meta = state["dyntok"]
+    saved_model = ((meta.get("config") or {}).get("model") or {}).get("name")
+    if model_name and saved_model and saved_model != model_name:
+        raise CheckpointError(f"{state['path']}: checkpoint is for model={saved_model}, this run has model={model_name}")
+    if meta.get("num_layers") != module.model.num_layers or meta.get("hidden_size") != module.model.encoder.hidden_size:
+        raise CheckpointError(
+            f"{state['path']}: checkpoint model has {meta.get('num_layers')} layers x {meta.get('hidden_size')}, "
+            f"this model {module.model.num_layers} x {module.model.encoder.hidden_size} (another model=?)"
+        )
+    if meta.get("num_labels") != module.model.num_labels or meta.get("problem") != module.task.problem:
+        raise CheckpointError(
+            f"{state['path']}: checkpoint is for task {meta.get('task')} ({meta.get('problem')}, "
+            f"{meta.get('num_labels')} labels), this run is {module.task.name} "
+            f"({module.task.problem}, {module.model.num_labels} labels)"
+        )
+    return meta
+
+
+def _method_name(cls_name: str | None) -> str:
+    return _METHOD_NAMES.get(cls_name or "", str(cls_name))
+
+
+def check_resumable(path: str | Path, module, model_name: str | None = None) -> None:
+    """Refuse to resume training (``ckpt_path=`` or ``last.ckpt``) from another method, model or task.
+
+    Raises:
+        CheckpointError: naming the checkpoint and what differs.
+    """
+    state = read_checkpoint(path)
+    meta = _check_model_and_task(state, module, model_name)
+    if meta.get("method") != type(module).__name__:
+        raise CheckpointError(
+            f"{state['path']}: checkpoint of method={_method_name(meta.get('method'))} cannot resume "
+            f"method={_method_name(type(module).__name__)} (start from it with init_from= instead)"
+        )
+
+
+def load_init_weights(module, path: str | Path, model_name: str | None = None) -> dict[str, Any]:
+    """Copy the task model's weights from a dyntok checkpoint into ``module`` (``init_from=``).
+
+    From the same method everything is loaded (gates too, and the length configuration it chose); from a
+    ``method=full`` checkpoint only the ``model.*`` weights, which is how gates and LengthDrop start from
+    a fine-tuned model. Any other pairing would silently drop what the checkpoint learned, so it is refused.
+
+    Raises:
+        CheckpointError: another model (name, depth or width), task head, method, or missing weights.
+    """
+    state = read_checkpoint(path)
+    meta = _check_model_and_task(state, module, model_name)
+    if meta.get("method") not in (type(module).__name__, "FullFineTuning"):
+        raise CheckpointError(
+            f"{state['path']}: a method={_method_name(meta.get('method'))} checkpoint cannot initialise "
+            f"method={_method_name(type(module).__name__)} (only the same method or method=full can); "
+            f"evaluate it with method={_method_name(meta.get('method'))}"
+        )
+    if meta.get("method") == type(module).__name__:
+        # Same method: everything it learned (gates too), and what it chose (length configuration).
+        missing, _ = module.load_state_dict(state["state_dict"], strict=False)
+        module.on_load_checkpoint(state)
+    else:
+        missing, _ = module.model.load_state_dict(model_weights(state), strict=False)
+    if missing:
+        raise CheckpointError(f"{state['path']}: missing weights {missing[:5]}")
+    return meta

@@ -1,0 +1,288 @@
+"""Compute accounting in multiply-accumulates (MACs, the unit the LAT code calls "FLOPs").
+
+Per example and per layer j (PoWER-BERT, Goyal et al. 2020; Kim & Cho 2021, Sec. 5), for l_0 real input
+tokens and l_j tokens kept after layer j's attention sub-layer:
+
+    MACs_j = 4 * l_{j-1} * d^2          Q, K, V and output projections, on the tokens that came in
+           + 2 * l_{j-1}^2 * d          QK^T and AV
+           + 2 * l_j * d * d_ff         feed-forward, on the kept tokens
+
+BERT-base: 35.33 G at 384 tokens, 11.17 G at 128. What is *not* counted: biases, LayerNorms, GELU, softmax,
+residual adds, the significance sums (additions over the probabilities), the [CLS]-row attention of
+``cls_query`` significance (l_{j-1} * d per dropping layer, under 1/(2 l) of the attention cost),
+top-k and gathers, and padding: every count is at each example's real length, so a batch padded to its
+longest executes more than it is charged (see :func:`batch_macs` for what a padded batch executed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dyntok.errors import ConfigError
+from dyntok.lengths import LengthConfig
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes the MACs formula needs.
+
+    Attributes:
+        num_layers: encoder layers L.
+        hidden: hidden size d.
+        intermediate: feed-forward size d_ff.
+        num_heads: attention heads (the count does not depend on it; kept for reports).
+        vocab: vocabulary size (embedding lookups cost 0 MACs; kept for reports), or None.
+        num_labels: outputs of the classification head (1 for regression).
+    """
+
+    num_layers: int
+    hidden: int
+    intermediate: int
+    num_heads: int
+    vocab: int | None = None
+    num_labels: int = 2
+
+    @classmethod
+    def from_config(cls, hf_config: Any, num_labels: int = 2) -> ModelDims:
+        """From a Hugging Face BERT/RoBERTa/DistilBERT config."""
+        c = hf_config
+        return cls(
+            num_layers=getattr(c, "num_hidden_layers", None) or c.n_layers,
+            hidden=getattr(c, "hidden_size", None) or c.dim,
+            intermediate=getattr(c, "intermediate_size", None) or c.hidden_dim,
+            num_heads=getattr(c, "num_attention_heads", None) or c.n_heads,
+            vocab=getattr(c, "vocab_size", None),
+            num_labels=num_labels,
+        )
+
+    @classmethod
+    def from_encoder(cls, enc: Any, num_labels: int = 2) -> ModelDims:
+        """From a :class:`dyntok.encoder.TokenDroppingEncoder`, or a :class:`dyntok.model.DynTokModel`
+        (whose ``num_labels`` then wins)."""
+        if hasattr(enc, "encoder") and hasattr(enc, "num_labels"):
+            enc, num_labels = enc.encoder, enc.num_labels
+        return cls(
+            num_layers=enc.num_layers,
+            hidden=enc.hidden_size,
+            intermediate=enc.intermediate_size,
+            num_heads=enc.num_heads,
+            vocab=getattr(enc.config, "vocab_size", None),
+            num_labels=num_labels,
+        )
+
+
+def _check(dims: ModelDims, input_lengths: torch.Tensor, kept: torch.Tensor) -> None:
+    if input_lengths.dim() != 1 or kept.dim() != 2 or kept.shape != (input_lengths.numel(), dims.num_layers):
+        raise ConfigError(
+            f"MACs: expected input_lengths (B,) and kept (B, {dims.num_layers}), got "
+            f"{tuple(input_lengths.shape)} and {tuple(kept.shape)}"
+        )
+
+
+def encoder_macs(
+    dims: ModelDims,
+    input_lengths: torch.Tensor,
+    kept: torch.Tensor,
+    skipped: Sequence[bool] | None = None,
+) -> torch.Tensor:
+    """Encoder MACs per example (module docstring formula).
+
+    Args:
+        dims: model sizes.
+        input_lengths: (B,) real input tokens l_0.
+        kept: (B, L) tokens kept after each layer's attention (``EncoderOutput.kept``); layer j's
+            attention runs on ``kept[:, j-1]`` (``input_lengths`` for the first), its FFN on ``kept[:, j]``.
+        skipped: L bools, True for a layer skipped by LayerDrop: it costs 0 (its ``kept`` entry repeats
+            the previous count, so the next layer's input is right as it is).
+
+    Returns:
+        (B,) float64 MACs.
+    """
+    _check(dims, input_lengths, kept)
+    d, f = float(dims.hidden), float(dims.intermediate)
+    k = kept.to(torch.float64).cpu()
+    prev = torch.cat([input_lengths.to(torch.float64).cpu().unsqueeze(1), k[:, :-1]], dim=1)
+    per_layer = 4 * prev * d * d + 2 * prev * prev * d + 2 * k * d * f  # (B, L)
+    if skipped is not None:
+        if len(skipped) != dims.num_layers:
+            raise ConfigError(f"skipped has {len(skipped)} entries, the encoder has {dims.num_layers} layers")
+        run = torch.tensor([not s for s in skipped], dtype=torch.float64)
+        per_layer = per_layer * run
+    return per_layer.sum(1)
+
+
+def head_macs(dims: ModelDims, input_lengths: torch.Tensor, problem: str) -> torch.Tensor:
+    """(B,) MACs after the encoder: pooler d^2 on [CLS] + classifier d * num_labels (``classification``,
+    ``regression`` with one output), or a start/end layer 2 * d on every real position (``span``)."""
+    n = input_lengths.to(torch.float64).cpu()
+    d = float(dims.hidden)
+    if problem == "span":
+        return 2 * d * n
+    if problem == "classification":
+        return torch.full_like(n, d * d + d * dims.num_labels)
+    if problem == "regression":
+        return torch.full_like(n, d * d + d)
+    raise ConfigError(f"problem must be classification, regression or span, got {problem!r}")
+
+
+def model_macs(
+    dims: ModelDims,
+    input_lengths: torch.Tensor,
+    kept: torch.Tensor,
+    problem: str,
+    skipped: Sequence[bool] | None = None,
+) -> torch.Tensor:
+    """(B,) float64 MACs of the whole task model: embeddings (lookups and adds: 0 MACs; their LayerNorm is
+    not counted either) + :func:`encoder_macs` + :func:`head_macs`."""
+    return encoder_macs(dims, input_lengths, kept, skipped) + head_macs(dims, input_lengths, problem)
+
+
+def full_macs(dims: ModelDims, input_lengths: torch.Tensor) -> torch.Tensor:
+    """(B,) encoder MACs with every token kept at each example's real length (the honest baseline)."""
+    n = input_lengths.to(torch.long).cpu()
+    return encoder_macs(dims, n, n.unsqueeze(1).expand(-1, dims.num_layers))
+
+
+def padded_macs(dims: ModelDims, max_length: int, batch_size: int = 1) -> torch.Tensor:
+    """(batch_size,) encoder MACs of the full model on inputs padded to ``max_length`` (the papers'
+    baseline; a ratio against it counts dropped padding as savings)."""
+    return full_macs(dims, torch.full((batch_size,), int(max_length), dtype=torch.long))
+
+
+def batch_macs(dims: ModelDims, padded_length: int, kept: torch.Tensor) -> torch.Tensor:
+    """(B,) encoder MACs a padded batch executed: the encoder runs every row at the batch's widest
+    width, T = ``padded_length`` in, then ``kept.max(0)`` after each layer (what wall-clock follows)."""
+    width = kept.max(0).values.unsqueeze(0).expand_as(kept)
+    return encoder_macs(dims, torch.full((kept.size(0),), int(padded_length)), width)
+
+
+def length_config_macs(
+    dims: ModelDims, cfg: LengthConfig, input_lengths: torch.Tensor, problem: str | None = None
+) -> torch.Tensor:
+    """(B,) MACs of running ``cfg`` on inputs of these real lengths: encoder only, or the whole
+    model when ``problem`` is given."""
+    if cfg.num_layers != dims.num_layers:
+        raise ConfigError(f"length configuration {cfg.describe()} has {cfg.num_layers} layers, model {dims.num_layers}")
+    kept = cfg.resolve(input_lengths.cpu())
+    if problem is None:
+        return encoder_macs(dims, input_lengths, kept)
+    return model_macs(dims, input_lengths, kept, problem)
+
+
+@dataclass
+class MacsReport:
+    """Accumulates MACs over evaluation batches, against both baselines.
+
+    Args:
+        dims: model sizes.
+        max_length: the padded length of the papers' baseline; None leaves the padded ratio out (NaN).
+        problem: count the task head too (:func:`model_macs`); None counts the encoder only, as the
+            papers do (BERT-base 35.33 G at 384 tokens, LA-MiniLM 4.76 G). Baselines count the same parts.
+    """
+
+    dims: ModelDims
+    max_length: int | None = None
+    problem: str | None = None
+    total: float = 0.0
+    total_full: float = 0.0
+    total_padded: float = 0.0
+    examples: int = 0
+    input_tokens: float = 0.0
+    # (L,) real tokens kept after each layer, summed over the examples
+    kept_tokens: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.problem is not None:
+            head_macs(self.dims, torch.ones(1), self.problem)  # raises ConfigError naming a bad problem
+
+    def update(
+        self, input_lengths: torch.Tensor, kept: torch.Tensor, skipped: Sequence[bool] | None = None
+    ) -> None:
+        """Add a batch: (B,) real input lengths and the encoder's (B, L) executed kept counts."""
+        n = input_lengths.detach().cpu()
+        self.total += encoder_macs(self.dims, n, kept.detach().cpu(), skipped).sum().item() + self._head(n)
+        self.total_full += full_macs(self.dims, n).sum().item() + self._head(n)
+        if self.max_length is not None:
+            padded = torch.full_like(n, self.max_length)
+            self.total_padded += full_macs(self.dims, padded).sum().item() + self._head(padded)
+        self.examples += n.numel()
+        self.input_tokens += float(n.sum())
+        per_layer = kept.detach().cpu().double().sum(0).tolist()
+        self.kept_tokens = [a + b for a, b in zip(self.kept_tokens, per_layer, strict=True)] if self.kept_tokens \
+            else per_layer
+
+    def _head(self, n: torch.Tensor) -> float:
+        return head_macs(self.dims, n, self.problem).sum().item() if self.problem else 0.0
+
+    def merge(self, other: MacsReport) -> MacsReport:
+        """Add another report's totals (e.g. from another process) into this one; returns self."""
+        self.total += other.total
+        self.total_full += other.total_full
+        self.total_padded += other.total_padded
+        self.examples += other.examples
+        self.input_tokens += other.input_tokens
+        if other.kept_tokens:
+            self.kept_tokens = [a + b for a, b in zip(self.kept_tokens or [0.0] * len(other.kept_tokens),
+                                                      other.kept_tokens, strict=True)]
+        return self
+
+    def reduce(self, sum_fn: Callable[[torch.Tensor], torch.Tensor], device: Any = None) -> MacsReport:
+        """Replace the totals by their sum over processes (DDP); returns self.
+
+        ``sum_fn`` all-reduces a (4,) float64 tensor on ``device`` (e.g. ``strategy.reduce(t, reduce_op="sum")``).
+        MACs are whole numbers, so float64 sums are exact below 2**53 (9e15 MACs in all).
+        """
+        kept = self.kept_tokens or [0.0] * self.dims.num_layers  # a process without batches joins with zeros
+        t = torch.tensor([self.total, self.total_full, self.total_padded, self.examples, self.input_tokens, *kept],
+                         dtype=torch.float64, device=device)
+        self.total, self.total_full, self.total_padded, examples, self.input_tokens, *kept = sum_fn(t).cpu().tolist()
+        self.examples = int(examples)
+        self.kept_tokens = kept if self.examples else []
+        return self
+
+    def reset(self) -> None:
+        self.total = self.total_full = self.total_padded = self.input_tokens = 0.0
+        self.examples = 0
+        self.kept_tokens = []
+
+    @property
+    def macs_per_example(self) -> float:
+        return self.total / self.examples if self.examples else float("nan")
+
+    @property
+    def ratio(self) -> float:
+        """Executed / full model at real lengths (<= 1)."""
+        return self.total / self.total_full if self.total_full else float("nan")
+
+    @property
+    def padded_ratio(self) -> float:
+        """Executed / full model padded to ``max_length``; NaN without ``max_length``."""
+        return self.total / self.total_padded if self.total_padded else float("nan")
+
+    @property
+    def speedup(self) -> float:
+        """MACs reduction, full (real lengths) / executed: a compute ratio, not a measured speed-up."""
+        return self.total_full / self.total if self.total else float("nan")
+
+    @property
+    def retention(self) -> list[float]:
+        """(L,) share of the real input tokens kept after each layer, over all examples (the executed
+        length configuration as ratios; LayerDrop and per-example rules such as hard gates included)."""
+        return [k / self.input_tokens for k in self.kept_tokens] if self.input_tokens else []
+
+    def compute(self) -> dict[str, float]:
+        """Plain floats, ready to log (``retention_l<j>``: :attr:`retention` of layer j, 1-based)."""
+        return {
+            "macs_per_example": self.macs_per_example,
+            "gmacs_per_example": self.macs_per_example / 1e9,
+            "full_macs_per_example": self.total_full / self.examples if self.examples else float("nan"),
+            "macs_ratio": self.ratio,
+            "padded_macs_ratio": self.padded_ratio,
+            "macs_reduction": self.speedup,
+            "padded_macs_reduction": 1.0 / self.padded_ratio if self.total_padded else float("nan"),
+            **{f"retention_l{j + 1}": r for j, r in enumerate(self.retention)},
+        }

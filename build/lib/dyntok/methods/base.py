@@ -1,0 +1,305 @@
+"""What every method's LightningModule shares: the task model, metrics, MACs accounting, optimizer.
+
+A method subclasses :class:`TaskModule` and implements ``training_step``; it may override
+``eval_length_config`` or ``inference_forward`` (how the trained model infers), ``validation_forward``,
+``extra_parameter_groups`` (e.g. gates with their own learning rate) and ``summary`` (method-specific
+fields of ``results.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dyntok.errors import ConfigError
+from dyntok.flops import MacsReport, ModelDims
+from dyntok.lengths import LengthConfig
+from dyntok.model import DynTokModel, ModelOutput
+from dyntok.tasks import TaskSpec
+
+KdDirection = Literal["forward", "reverse"]
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, problem: str,
+                      direction: KdDirection = "forward") -> torch.Tensor:
+    """Distillation loss of student logits towards detached teacher logits: LAT's in-place distillation of
+    a sub-model towards the full model, and the gates' optional distillation from the fine-tuned model.
+
+    Args:
+        student, teacher: logits, (B, C) classification, (B,) regression or (B, T, 2) span start/end.
+        direction: ``forward`` = KL(teacher || student), conventional in-place distillation (Yu & Huang
+            2019): the student covers the teacher's distribution. ``reverse`` = KL(student || teacher), what
+            the original LAT code computes (its ``kl_div`` arguments are swapped).
+
+    Returns:
+        scalar, mean over examples (and over start/end for span).
+    """
+    teacher = teacher.detach()
+    if problem == "regression":
+        return F.mse_loss(student.float(), teacher.float())
+    if problem == "span":  # (B, T, 2) -> (2B, T): one distribution over positions per start/end
+        student = student.float().transpose(1, 2).reshape(-1, student.size(1))
+        teacher = teacher.float().transpose(1, 2).reshape(-1, teacher.size(1))
+    log_s = F.log_softmax(student.float(), -1)
+    log_t = F.log_softmax(teacher.float(), -1)
+    if direction == "forward":
+        return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
+    if direction == "reverse":
+        return F.kl_div(log_t, log_s, log_target=True, reduction="batchmean")
+    raise ConfigError(f"method.kd_direction must be 'forward' or 'reverse', got {direction!r}")
+
+
+class TaskModule(L.LightningModule):
+    """Shared Lightning plumbing for a :class:`DynTokModel` on one task.
+
+    ``select_best``: test the checkpoint with the best validation metric (True) or the final weights.
+
+    Args:
+        model: the task model (encoder + head).
+        task: the task's :class:`TaskSpec` (metrics, problem type).
+        lr: peak learning rate of the encoder and head (AdamW, linear warm-up then linear decay).
+        weight_decay: AdamW weight decay (not on biases and LayerNorm weights).
+        warmup_ratio: share of the training steps spent warming up.
+    """
+
+    select_best = True
+
+    def __init__(self, model: DynTokModel, task: TaskSpec, lr: float = 2e-5, weight_decay: float = 0.01,
+                 warmup_ratio: float = 0.1) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_ratio = warmup_ratio
+        self.dims = ModelDims.from_encoder(model.encoder, num_labels=model.num_labels)
+        self.val_metrics = task.metrics(prefix="val/")
+        self.test_metrics = nn.ModuleList([task.metrics(prefix=f"{s}/") for s in task.test_splits])
+        self._macs: dict[str, MacsReport] = {}
+        self.test_results: dict[str, dict[str, float]] = {}
+
+    # ---- forward and loss -------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor], lengths: torch.Tensor | None = None, **kw: Any) -> ModelOutput:
+        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                          lengths=lengths, **kw)
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy for classification, MSE for regression; span: the mean of the start and end
+        cross-entropies over positions (logits (B, T, 2), labels (B, 2))."""
+        if self.task.problem == "regression":
+            return F.mse_loss(logits.float(), labels.float())
+        if self.task.problem == "span":
+            return (F.cross_entropy(logits[..., 0].float(), labels[:, 0])
+                    + F.cross_entropy(logits[..., 1].float(), labels[:, 1])) / 2
+        return F.cross_entropy(logits.float(), labels)
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the metrics take: argmax classes, float regression values, span start/end logits as they are
+        (answers are picked per question at compute time)."""
+        return logits.float() if self.task.problem in ("regression", "span") else logits.argmax(-1)
+
+    def update_metrics(self, metrics, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        """Feed one batch to ``metrics``: predictions against ``labels``; span tasks against the windows'
+        ``index`` (the metric maps windows back to questions)."""
+        target = batch["index"] if self.task.problem == "span" else batch["labels"]
+        metrics.update(self.predictions(logits), target)
+
+    def split_metrics(self, split: str, datamodule=None, prefix: str = "", sync_on_compute: bool = True):
+        """A fresh metric collection for ``split``; span metrics come bound to that split's windows and
+        questions from ``datamodule`` (default: the Trainer's). ``sync_on_compute=False``: computed by one
+        process alone (no DDP sync, which would wait for the others)."""
+        metrics = self.task.metrics(prefix, sync_on_compute=sync_on_compute).to(self.device)
+        self._bind_span(metrics, split, datamodule)
+        return metrics
+
+    def _bind_span(self, metrics, split: str, datamodule=None) -> None:
+        if self.task.problem == "span":
+            from dyntok.squad import bind_span_metrics
+
+            dm = datamodule if datamodule is not None else self.trainer.datamodule
+            bind_span_metrics(metrics, dm.span_features(split))
+
+    def setup(self, stage: str) -> None:
+        # Span metrics post-process per question: they need the split's windows and questions.
+        if self.task.problem == "span":
+            self._bind_span(self.val_metrics, "validation")
+            for split, metrics in zip(self.task.test_splits, self.test_metrics, strict=True):
+                self._bind_span(metrics, split)
+
+    def eval_length_config(self) -> LengthConfig | None:
+        """The length configuration used at evaluation, when it is one fixed configuration."""
+        return None
+
+    def inference_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        """The forward of this method's own inference rule: :meth:`eval_length_config` (None: every token).
+        Methods with a per-example rule (hard gates) override it."""
+        cfg = self.eval_length_config()
+        return self(batch, lengths=cfg.resolve(batch["attention_mask"].sum(1)) if cfg is not None else None)
+
+    def infer(self, batch: dict[str, torch.Tensor], length_config: LengthConfig | None = None) -> ModelOutput:
+        """The forward this trained model serves with (test split, ``dyntok.load``, the benchmark):
+        ``length_config`` when given, else the run's ``eval_length_config=`` override, else
+        :meth:`inference_forward`."""
+        cfg = length_config if length_config is not None else getattr(self, "fixed_eval_config", None)
+        if cfg is not None:
+            return self(batch, lengths=cfg.resolve(batch["attention_mask"].sum(1)))
+        return self.inference_forward(batch)
+
+    def validation_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        """The forward of validation (checkpoint selection): the full model; methods override."""
+        return self(batch)
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def _eval_step(self, batch: dict[str, torch.Tensor], metrics, split: str) -> torch.Tensor:
+        out = self.infer(batch) if self.trainer.testing else self.validation_forward(batch)
+        loss = self.task_loss(out.logits, batch["labels"])
+        self.update_metrics(metrics, out.logits, batch)
+        rep = self._macs.setdefault(
+            split, MacsReport(self.dims, max_length=self._max_length(), problem=self.task.problem))
+        rep.update(out.encoder.input_lengths, out.encoder.kept)
+        return loss
+
+    def _max_length(self) -> int:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        hp = getattr(dm, "hparams", {})
+        return int(hp.get("max_length", 0) or self.model.encoder.config.max_position_embeddings)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss = self._eval_step(batch, self.val_metrics, "val")
+        self.log("val/loss", loss, batch_size=batch["input_ids"].size(0), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
+        self.val_metrics.reset()
+        rep = self._synced_macs("val")
+        if rep.examples:
+            self.log_dict({f"val/{k}": float(v) for k, v in rep.compute().items()}, sync_dist=True)
+
+    def _synced_macs(self, split: str) -> MacsReport:
+        """The split's MACs totals summed over the DDP processes (torchmetrics syncs the metrics themselves);
+        every process joins the reduction, with or without batches of its own."""
+        rep = self._macs.pop(split, None)
+        if rep is None:
+            rep = MacsReport(self.dims, max_length=self._max_length(), problem=self.task.problem)
+        return rep.reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), device=self.device)
+
+    def on_test_start(self) -> None:
+        # Under DDP ``after_fit`` may have run on rank zero alone (the LengthDrop search): give every process
+        # what rank zero chose (what a checkpoint records, e.g. the length configuration) before testing.
+        if self.trainer.world_size > 1:
+            state: dict[str, Any] = {}
+            if self.trainer.is_global_zero:
+                self.on_save_checkpoint(state)
+            state = self.trainer.strategy.broadcast(state)
+            if not self.trainer.is_global_zero:
+                self.on_load_checkpoint(state)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        split = self.task.test_splits[dataloader_idx]
+        self._eval_step(batch, self.test_metrics[dataloader_idx], split)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = {}
+        for i, split in enumerate(self.task.test_splits):
+            vals = {k.split("/", 1)[1]: float(v) for k, v in self.test_metrics[i].compute().items()}
+            self.test_metrics[i].reset()
+            rep = self._synced_macs(split)
+            if rep.examples:
+                vals.update({k: float(v) for k, v in rep.compute().items()})
+                vals["examples"] = rep.examples
+            self.test_results[split] = vals
+            # float64: under ddp_spawn these logged values are how the results reach the main process
+            self.log_dict({f"{split}/{k}": torch.tensor(v, dtype=torch.float64, device=self.device)
+                           for k, v in vals.items()}, add_dataloader_idx=False, sync_dist=True)
+
+    def on_train_epoch_end(self) -> None:
+        # A logged value is what ddp_spawn hands back to the main process: the step count travels as one.
+        self.log("train/steps", float(self.global_step), sync_dist=True)
+
+    # ---- optimisation ----------------------------------------------------------------------------
+    def extra_parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups beyond the encoder and head (e.g. gates with their own learning rate)."""
+        return []
+
+    def configure_optimizers(self):
+        from transformers import get_linear_schedule_with_warmup
+
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+            *self.extra_parameter_groups(),
+        ]
+        opt = torch.optim.AdamW(groups, lr=self.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        if not math.isfinite(total) or total <= 0:
+            total = 1
+        sched = get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * total), total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- lifecycle hooks --------------------------------------------------------------------------
+    def extra_callbacks(self) -> list[L.Callback]:
+        """Callbacks the method needs on the Trainer."""
+        return []
+
+    def load_best(self, path: str) -> None:
+        """Load the weights of the best checkpoint (by the task's validation metric) before testing."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.load_state_dict(state["state_dict"])
+        self.on_load_checkpoint(state)
+
+    def on_init_from(self, meta: dict[str, Any]) -> None:
+        """Called after ``init_from=`` weights were loaded; ``meta``: the source checkpoint's ``dyntok``
+        metadata (its method class name and run config). Default: nothing."""
+
+    def before_fit(self, datamodule: L.LightningDataModule) -> None:
+        """Checks that need the data, run before training so a doomed run fails early. Default: nothing."""
+
+    def after_fit(self, trainer: L.Trainer, datamodule: L.LightningDataModule, run_dir) -> None:
+        """Work between training and testing (e.g. the LengthDrop search). Default: nothing."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What is needed to use the checkpoint later without the Hydra run around it.
+        checkpoint["dyntok"] = {
+            "config": getattr(self, "run_config", None),
+            "method": type(self).__name__,
+            "task": self.task.name,
+            "problem": self.task.problem,
+            "num_labels": self.model.num_labels,
+            "num_layers": self.model.num_layers,
+            "hidden_size": self.model.encoder.hidden_size,
+            # to rebuild the model without its pretrained source (dyntok.load)
+            "backbone_config": self.model.encoder.backbone.config.to_dict(),
+            "tokenizer_files": self._tokenizer_files(),
+            **self.summary(),
+        }
+
+    def _tokenizer_files(self) -> dict[str, bytes] | None:
+        """The DataModule tokenizer's files (name -> bytes), read once; None without a DataModule."""
+        if getattr(self, "_tok_files", None) is None:
+            dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            tok = getattr(dm, "tokenizer", None)
+            if tok is None:
+                return None
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.TemporaryDirectory() as tmp:
+                tok.save_pretrained(tmp)
+                self._tok_files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+        return self._tok_files
+
+    # ---- reporting -------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Method-specific fields for ``results.json`` (learned length configuration, gate statistics)."""
+        cfg = getattr(self, "fixed_eval_config", None) or self.eval_length_config()
+        return {"length_config": cfg.to_dict() if cfg is not None else None}

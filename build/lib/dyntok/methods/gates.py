@@ -1,0 +1,207 @@
+"""``method=gates``: trainable rank gates with a bi-modal regularizer (Jeong & Kwak 2021).
+
+loss = task_loss + lambda * R_sparse + mu * R_bimodal (see :mod:`dyntok.gates`); gates have their own
+learning rate. Validation and test run the hard gates with physical token removal, so the checkpoint's
+reported accuracy and MACs are what inference costs: a layer keeps exactly the tokens of the ranks whose
+gate is open, the tokens the straight-through training forward keeps.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any, Literal
+
+import torch
+
+from dyntok.errors import ConfigError
+from dyntok.gates import RankGates
+from dyntok.lengths import LengthConfig
+from dyntok.methods.base import TaskModule, distillation_loss
+from dyntok.model import ModelOutput
+
+log = logging.getLogger("dyntok")
+
+
+class GatesModule(TaskModule):
+    """Fine-tune encoder, head and rank gates jointly (one stage).
+
+    The final weights are tested, not the best-by-accuracy checkpoint: lambda sets the trade-off, and an
+    earlier checkpoint with more gates open would undo it.
+
+    Args:
+        regularizer: ``{"lambda": float >= 0, "mu": float >= 0}`` from the ``regularizer`` config group.
+        gate_lr: learning rate of the gates (Adam, no weight decay, constant).
+        max_length: T_max, the number of ranks gated (``data.max_length``).
+        rank_scale, rank_bins: ``absolute`` (a gate per rank, T_max per layer; default) or ``relative``
+            (``rank_bins`` gates per layer over the share of the input's tokens): see :class:`RankGates`.
+        parametrization, gate_init, straight_through, threshold, skip_first, min_keep: see
+            :class:`RankGates` (``min_keep``: the share of each input's tokens every gated layer keeps).
+        layer_weighting: ``linear`` (w_j = j), ``uniform`` or ``reverse`` (w_j = L - j + 1) weights of
+            R_sparse (:meth:`RankGates.layer_weights`; only ``linear`` follows PoWER-BERT).
+        freeze_gates_steps: training steps before the gates start to move (lets the head settle).
+        mu_ramp: ``[start, end]`` shares of the training steps: mu is 0 until ``start``, grows linearly to
+            its value at ``end`` and stays there (``[0, 0]``: constant mu). The gates first find what to
+            keep under lambda alone; the growing bi-modal pull then settles every gate at 0 or 1 while the
+            encoder still trains (gates hovering at the threshold are what hard inference cannot honour).
+        sparsity: ``gates`` (R_sparse on the gate vectors, usage-weighted, :meth:`RankGates.regularizers`)
+            or ``tokens`` (the same L1 on the masks the tokens see, :meth:`RankGates.token_sparsity`:
+            the share of tokens present after each layer, which MACs follow; pair it with
+            ``layer_weighting=uniform``). Not in the paper's text as read: an option.
+        distill: weight alpha in [0, 1] of distillation from the fine-tuned model (``init_from``), which
+            stays frozen and runs at full length: task term = (1 - alpha) * task_loss + alpha *
+            KL(teacher || student). Not in the paper (an option, off by default); it costs one no-grad
+            full-length forward per step.
+        Other arguments: :class:`TaskModule`.
+
+    Raises:
+        ConfigError: a negative lambda or mu, or a bad gate option (names the config key); ``distill`` > 0
+            without ``init_from`` (raised before training).
+    """
+
+    select_best = False
+
+    def __init__(self, *args: Any, regularizer: dict[str, float], gate_lr: float = 2e-3, max_length: int = 128,
+                 parametrization: Literal["clip", "sigmoid"] = "clip", gate_init: float = 1.0,
+                 straight_through: bool = False, threshold: float = 0.5, skip_first: int = 0,
+                 layer_weighting: Literal["linear", "uniform", "reverse"] = "linear", freeze_gates_steps: int = 0,
+                 mu_ramp: tuple[float, float] = (0.0, 0.0), distill: float = 0.0,
+                 sparsity: Literal["gates", "tokens"] = "gates",
+                 rank_scale: Literal["absolute", "relative"] = "absolute", rank_bins: int = 20,
+                 min_keep: float = 0.0, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        lam, mu = float(regularizer.get("lambda", 0.0)), float(regularizer.get("mu", 0.0))
+        if lam < 0 or mu < 0:
+            raise ConfigError(f"regularizer.lambda and regularizer.mu must be >= 0, got {lam} and {mu}")
+        if len(mu_ramp) != 2 or not 0.0 <= mu_ramp[0] <= mu_ramp[1] <= 1.0:
+            raise ConfigError(f"method.mu_ramp must be [start, end] with 0 <= start <= end <= 1, got {mu_ramp}")
+        if sparsity not in ("gates", "tokens"):
+            raise ConfigError(f"method.sparsity must be 'gates' or 'tokens', got {sparsity!r}")
+        if not 0.0 <= distill <= 1.0:
+            raise ConfigError(f"method.distill must be in [0, 1], got {distill}")
+        self.lam, self.mu = lam, mu
+        self.distill = float(distill)
+        self.sparsity = sparsity
+        # The frozen fine-tuned model (distill > 0); kept out of the state dict and the optimizer.
+        object.__setattr__(self, "teacher", None)
+        self.gate_lr = gate_lr
+        self.layer_weighting = layer_weighting
+        self.freeze_gates_steps = freeze_gates_steps
+        self.mu_ramp = (float(mu_ramp[0]), float(mu_ramp[1]))
+        self.gates = RankGates(self.model.num_layers, max_length, parametrization, gate_init, straight_through,
+                               threshold, skip_first, fixed_first=self.model.keep_cls, rank_scale=rank_scale,
+                               bins=rank_bins, min_keep=min_keep)
+        self.gates.layer_weights(layer_weighting)  # its ConfigError now, not at the first step
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        real = batch["attention_mask"].sum(1)
+        if self.gates.rank_scale == "absolute" and real.max() > self.gates.max_length:
+            raise ConfigError(f"inputs of {int(real.max())} tokens exceed method.max_length={self.gates.max_length}")
+        self.gates.theta.requires_grad_(self.global_step >= self.freeze_gates_steps)
+        out = self(batch, rank_gates=self.gates.training_gates(real, batch["input_ids"].size(1)))
+        task = self.task_loss(out.logits, batch["labels"])
+        if self.distill > 0:
+            with torch.no_grad():
+                teacher = self.teacher.to(self.device)(batch["input_ids"], batch["attention_mask"],
+                                                       batch.get("token_type_ids")).logits
+            kd = distillation_loss(out.logits, teacher, self.task.problem)
+            self.log("train/kd_loss", kd, batch_size=batch["input_ids"].size(0))
+            task = (1 - self.distill) * task + self.distill * kd
+        sparse, bimodal = self.gates.regularizers(real, self.layer_weighting)
+        if self.sparsity == "tokens":
+            sparse = self.gates.token_sparsity(out.encoder.alive, batch["attention_mask"], self.layer_weighting)
+        mu = self.current_mu()
+        loss = task + self.lam * sparse + mu * bimodal
+        bs = batch["input_ids"].size(0)
+        self.log_dict({"train/loss": loss, "train/task_loss": task, "train/r_sparse": sparse,
+                       "train/r_bimodal": bimodal}, prog_bar=True, batch_size=bs)
+        self.log("train/mu", mu, batch_size=bs)
+        return loss
+
+    def current_mu(self) -> float:
+        """mu at this step: 0 before ``mu_ramp[0]`` of training, linear up to ``mu_ramp[1]``, then constant."""
+        start, end = self.mu_ramp
+        if end == 0 or self._trainer is None:
+            return self.mu
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total <= 0:
+            return self.mu
+        t = self.global_step / total
+        return self.mu * min(1.0, max(0.0, (t - start) / max(end - start, 1e-9)))
+
+    def on_init_from(self, meta: dict[str, Any]) -> None:
+        if self.distill > 0:
+            object.__setattr__(self, "teacher", copy.deepcopy(self.model).eval().requires_grad_(False))
+
+    def before_fit(self, datamodule) -> None:
+        if self.distill > 0 and self.teacher is None:
+            raise ConfigError(f"method.distill={self.distill} needs a fine-tuned teacher: set init_from=<a "
+                              "method=full run or checkpoint>, or method.distill=0")
+
+    def on_train_end(self) -> None:
+        self.warn_if_no_gate_closed()
+
+    def warn_if_no_gate_closed(self) -> bool:
+        """Log a warning (and return True) when lambda > 0 but every gate reached in training is still open.
+
+        Adam normalises the gates' gradients, so lambda decides which way a gate moves, and ``gate_lr``
+        times the steps before ``mu_ramp`` locks the gates decides how far: too small a product leaves every
+        gate above the threshold whatever lambda is (SST-2: ``gate_lr=1e-3`` with ``mu_ramp=[0.3, 0.6]``).
+        """
+        if self.lam <= 0 or self.gates.stats()["gate_open_share"] < 1.0:
+            return False
+        log.warning("gates: no gate closed in training (regularizer.lambda=%g, method.gate_lr=%g, method.mu_ramp=%s):"
+                    " every token is kept. Adam moves each gate by about gate_lr a step whatever lambda is, so raise"
+                    " method.gate_lr or start method.mu_ramp later", self.lam, self.gate_lr, list(self.mu_ramp))
+        return True
+
+    def optimizer_step(self, *args: Any, **kw: Any) -> None:
+        super().optimizer_step(*args, **kw)
+        # Clip right after the step, before any checkpoint is written: a resumed run continues identically.
+        self.gates.project_()
+
+    def inference_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        """Hard gates, physically: layer j keeps exactly the tokens whose rank has an open gate."""
+        return self(batch, keep_by_rank=self.gates.batch_open_table(batch))
+
+    def validation_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        return self.inference_forward(batch)
+
+    def eval_length_config(self) -> LengthConfig:
+        return self.gates.length_config(self.gates.max_length)
+
+    def extra_parameter_groups(self) -> list[dict[str, Any]]:
+        return [{"params": [self.gates.theta], "lr": self.gate_lr, "weight_decay": 0.0, "constant_lr": True}]
+
+    def configure_optimizers(self):
+        conf = super().configure_optimizers()
+        sched = conf["lr_scheduler"]["scheduler"]
+        # The gates keep their own constant learning rate; the encoder follows warm-up and decay.
+        for i, group in enumerate(sched.optimizer.param_groups):
+            if group.get("constant_lr"):
+                sched.lr_lambdas[i] = lambda _step: 1.0
+        return conf
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self.log_dict({f"val/{k}": v for k, v in self.gates.stats().items()})
+        logger = self.logger
+        if logger is not None and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            g = self.gates.values().detach().cpu()
+            logger.experiment.log({f"gates/layer_{j + 1 + self.gates.skip_first}": wandb.Histogram(g[j].numpy())
+                                   for j in range(g.size(0))} | {"trainer/global_step": self.global_step})
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out["gates"] = {
+            "lambda": self.lam, "mu": self.mu, "distill": self.distill, **self.gates.stats(),
+            "values": self.gates.values().detach().cpu().tolist(),
+            "rank_scale": self.gates.rank_scale,
+            # per gated layer, the gates above the threshold (ranks, or share bins with rank_scale=relative)
+            "open_gates": [(row > self.gates.threshold).nonzero().squeeze(1).tolist() for row in self.gates.values()],
+            "usage": self.gates.usage.cpu().tolist(),
+        }
+        return out

@@ -1,0 +1,131 @@
+"""Trade-off report across runs: ``python -m dyntok.report multirun/2026-... --out docs/sst2``.
+
+Reads every ``results.json`` under the given folders (a Hydra multirun, several runs), or a W&B project
+(``--wandb entity/project``, online), and writes a markdown table and a PNG of the task metric against the
+MACs ratio (real-length baseline), one curve per method label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dyntok.results import flat_rows, format_table, read_results
+
+
+def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Path, xlabel: str, ylabel: str,
+                title: str = "", xlog: bool = False) -> Path:
+    """One line per label, points sorted by x; saved as PNG (headless backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    many = len(curves) > 6  # the legend then goes beside the axes, where it hides no point
+    fig, ax = plt.subplots(figsize=(10.5 if many else 6.4, 4.8 if many else 4.4), dpi=120)
+    colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
+    markers = "os^Dv<>pPX*h"
+    for i, (label, pts) in enumerate(curves.items()):
+        pts = sorted(pts)
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker=markers[i % len(markers)], ms=4, lw=1.4, label=label, color=colors[i % len(colors)])
+    if xlog:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if many:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _label(rec: dict[str, Any]) -> str:
+    if rec.get("method") == "gates":
+        g = rec.get("gates") or {}
+        return f"{rec.get('label') or 'gates'} (lambda={g.get('lambda')}, mu={g.get('mu')})"
+    cfg = rec.get("length_config") or {}
+    desc = f" {cfg.get('unit')}{[round(v, 3) for v in cfg.get('values', [])]}" if cfg else ""
+    return f"{rec.get('label') or rec.get('method')}{desc}"
+
+
+def trade_off(records: list[dict[str, Any]], split: str | None = None) -> tuple[list[dict[str, Any]], dict]:
+    """Rows (one per run and split) and curves {method: [(macs_ratio, metric)]} of successful runs."""
+    rows, curves = [], defaultdict(list)
+    for rec in records:
+        if rec.get("status") != "ok":
+            rows.append({"run": rec.get("path"), "method": rec.get("method"), "status": rec.get("status"),
+                         "error": rec.get("error")})
+            continue
+        metric = rec.get("main_metric")
+        for row in flat_rows([rec]):
+            if split is not None and row["split"] != split:
+                continue
+            row = {**row, "label": _label(rec), "main_metric": metric, "run": rec.get("path")}
+            kept = [row[k] for k in sorted((k for k in row if k.startswith("retention_l")), key=lambda k: int(k[11:]))]
+            if kept:  # the executed length configuration: share of the input tokens kept after each layer
+                row["kept per layer"] = " ".join(f"{v:.2f}" for v in kept)
+            rows.append(row)
+            if row.get("macs_ratio") is not None and row.get(metric) is not None:
+                series = rec.get("label") or rec.get("method")
+                curves[f"{series} ({row['split']})"].append((row["macs_ratio"], row[metric]))
+    return rows, dict(curves)
+
+
+def _wandb_records(project: str) -> list[dict[str, Any]]:
+    import wandb
+
+    out = []
+    for run in wandb.Api().runs(project):
+        s = run.summary
+        cfg = run.config
+        out.append({"path": run.url, "status": "ok" if run.state == "finished" else run.state,
+                    "task": cfg.get("task", {}).get("name"), "method": cfg.get("method", {}).get("name"),
+                    "main_metric": "accuracy",
+                    "splits": {"test": {k.split("/", 1)[1]: v for k, v in s.items() if k.startswith("test/")}}})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dyntok.report", description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="*", help="run or multirun folders (searched for results.json)")
+    ap.add_argument("--wandb", help="entity/project to read instead (needs network and login)")
+    ap.add_argument("--split", default=None, help="only this split (default: all)")
+    ap.add_argument("--out", default="report", help="output prefix: <out>.md and <out>.png")
+    args = ap.parse_args(argv)
+    records = _wandb_records(args.wandb) if args.wandb else read_results(args.paths)
+    if not records:
+        print(f"dyntok: error: no results.json under {', '.join(args.paths) or '(no paths)'}", file=sys.stderr)
+        return 2
+    rows, curves = trade_off(records, args.split)
+    cols = ["label", "task", "split", "main_metric", "accuracy", "f1", "mcc", "pearson", "macs_ratio",
+            "macs_reduction", "padded_macs_reduction", "gmacs_per_example", "kept per layer", "examples", "status", "run"]
+    cols = [c for c in cols if any(c in r for r in rows)]
+    table = format_table(sorted(rows, key=lambda r: (str(r.get("label")), r.get("macs_ratio") or 0)), cols)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    if curves:
+        metric = next((r["main_metric"] for r in rows if r.get("main_metric")), "metric")
+        plot_curves(curves, out.with_suffix(".png"), "MACs ratio (vs full model at real length)", metric,
+                    title=", ".join(sorted({str(r.get("task")) for r in rows if r.get("task")})))
+        print(f"\nwrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

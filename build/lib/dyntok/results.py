@@ -1,0 +1,127 @@
+"""The one results format: ``results.json`` in each run directory.
+
+Every method, the report, the plots and the sweeps read and write this. One record::
+
+    {"task": "sst2", "method": "gates", "model": "minilm", "status": "ok",
+     "splits": {"test": {"accuracy": 0.91, "examples": 872, "macs_per_example": 1.2e9,
+                          "macs_ratio": 0.38, "padded_macs_ratio": 0.12, ...}},
+     "main_metric": "accuracy", "length_config": {...} | null, "extra": {...},
+     "wall_time_s": 812.3, "versions": {...}, "config": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of dyntok, torch, transformers, lightning and the git commit (None outside a checkout)."""
+    import lightning
+    import torch
+    import transformers
+
+    import dyntok
+
+    commit = None
+    root = Path(__file__).resolve().parent.parent
+    try:
+        # a source checkout only: an installed package's folder may sit inside some other repository
+        if "name = \"dyntok\"" not in (root / "pyproject.toml").read_text():
+            raise OSError("not a dyntok checkout")
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "dyntok": dyntok.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "git_commit": commit,
+    }
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: tensors and numpy scalars to floats, NaN/inf to None."""
+    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 0) == 0:
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+def write_results(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``record`` to ``run_dir/results.json`` atomically (a killed run never leaves half a file)."""
+    path = Path(run_dir) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_clean(record), indent=2, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def read_results(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> list[dict[str, Any]]:
+    """Every ``results.json`` under the given files or folders (searched recursively), each with ``path``."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    out = []
+    for p in paths:
+        p = Path(p)
+        files = [p] if p.is_file() else sorted(p.rglob(RESULTS_FILE))
+        for f in files:
+            rec = json.loads(f.read_text())
+            rec["path"] = str(f.parent)
+            out.append(rec)
+    return out
+
+
+def flat_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (run, split): task, method, model, split, metrics and compute, for tables and plots."""
+    rows = []
+    for r in records:
+        for split, vals in (r.get("splits") or {}).items():
+            row = {"task": r.get("task"), "method": r.get("method"), "model": r.get("model"), "split": split}
+            row.update({"label": r.get("label", r.get("method"))})
+            row.update(vals)
+            rows.append(row)
+        if not r.get("splits"):
+            rows.append({"task": r.get("task"), "method": r.get("method"), "status": r.get("status"),
+                         "error": r.get("error")})
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A markdown table of ``rows`` (MACs shown in G)."""
+    if not rows:
+        return "(no results)"
+    if columns is None:
+        columns = []
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
