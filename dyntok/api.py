@@ -135,7 +135,7 @@ class Predictor:
             out = self.forward(batch, length_config)
             p = out.logits.float() if self.task.problem == "regression" else out.logits.float().softmax(-1)
             k_ = out.encoder.kept.cpu()
-            m = model_macs(dims, real.cpu(), k_, self.task.problem).numpy()
+            m = model_macs(dims, real.cpu(), k_, self.task.problem, inputs=out.encoder.inputs).numpy()
             n = real.cpu()
             f = model_macs(dims, n, n.unsqueeze(1).expand(-1, L), self.task.problem).numpy()
             for row, i in enumerate(idx):
@@ -179,7 +179,7 @@ class Predictor:
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             out = self.forward(batch, length_config)
             self.module.update_metrics(metrics, out.logits, batch)
-            rep.update(out.encoder.input_lengths, out.encoder.kept)
+            rep.update(out.encoder.input_lengths, out.encoder.kept, inputs=out.encoder.inputs)
         vals = {k: float(v) for k, v in metrics.compute().items()}
         vals.update({k: float(v) for k, v in rep.compute().items()})
         vals["examples"] = rep.examples
@@ -235,7 +235,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
         backbone = AutoModel.from_config(hf_config)
         encoder = TokenDroppingEncoder(backbone, m.get("significance", "all_queries"),
                                        m.get("include_diagonal", True), m.get("head_reduce", "sum"))
-        model = DynTokModel(encoder, task.problem, task.num_labels, m.get("dropout", 0.1))
+        model = DynTokModel(encoder, task.problem, task.num_labels, m.get("dropout", 0.1), m.get("restore", "output"))
     else:  # written before architectures were stored: rebuild from the pretrained source it names
         from dyntok.run import build_model
 

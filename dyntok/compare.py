@@ -92,7 +92,7 @@ def measure(pred, batches: list[dict[str, torch.Tensor]], length_config: Any = N
         real = b["attention_mask"].sum(1)
         out = pred.forward(b, length_config)
         module.update_metrics(metrics, out.logits, b)
-        macs += float(encoder_macs(dims, real, out.encoder.kept).sum())
+        macs += float(encoder_macs(dims, real, out.encoder.kept, inputs=out.encoder.inputs).sum())
         full += float(full_macs(dims, orig["attention_mask"].sum(1)).sum())
         n += int(real.numel())
     timed_runs = runs if timed is None else [runs[i] for i in timed]

@@ -21,7 +21,7 @@ significance scores are not needed; explicit probabilities only where a layer dr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -77,12 +77,15 @@ _ARCHS: dict[str, tuple[str, Callable[[nn.Module, object], LayerParts], bool]] =
 }
 
 
+Restore = Literal["output", "last_layer"]
+
+
 @dataclass
 class EncoderOutput:
     """What :meth:`TokenDroppingEncoder.forward` returns.
 
     Attributes:
-        hidden: (B, K, d) final hidden states; K = T (every position, in order) with ``restore=True``,
+        hidden: (B, K, d) final hidden states; K = T (every position, in order) with Drop-and-Restore,
             else the tokens still kept after the last layer, in significance order ([CLS] first).
         mask: (B, K) bool, True for real kept tokens.
         positions: (B, K) long, each row's original position (index into the input's T).
@@ -92,6 +95,9 @@ class EncoderOutput:
         alive: with ``rank_gates``, L entries of None (no gate so far) or (B, T) float: each token's
             weight after layer j, the product of the gates it got so far (the soft form of ``kept``,
             differentiable in the gates); empty otherwise.
+        inputs: (B, L) long, real tokens entering each layer's attention: ``kept`` of the layer before
+            (``input_lengths`` for the first), except that with ``restore="last_layer"`` the last layer takes
+            every token; None means exactly that default.
     """
 
     hidden: torch.Tensor
@@ -100,6 +106,7 @@ class EncoderOutput:
     kept: torch.Tensor
     input_lengths: torch.Tensor
     alive: list[torch.Tensor | None] = field(default_factory=list)
+    inputs: torch.Tensor | None = None
 
     @property
     def cls(self) -> torch.Tensor:
@@ -108,6 +115,35 @@ class EncoderOutput:
         if not bool(first.all()):
             raise RuntimeError("[CLS] was dropped: use keep_cls=True for sequence classification")
         return self.hidden[:, 0]
+
+
+@dataclass(frozen=True)
+class Flow:
+    """The tokens of one batch in flight between two layers (one step of :meth:`TokenDroppingEncoder.forward`;
+    the search's prefix cache keeps these, so nothing here is changed in place).
+
+    Attributes:
+        h: (B, K, d) states of the tokens present; mask: (B, K) bool, real ones; positions: (B, K) long.
+        counts: (B,) long real tokens present, also on the host as ``host_counts``.
+        real: (B,) long real input tokens; attention_mask: (B, T) the input's.
+        buffer: (B, T, d) every position's latest state (Drop-and-Restore), or None.
+        key_weight: (B, K) product of the rank gates so far (training with gates), or None.
+        kept, inputs: per layer so far, (B,) tokens kept after it and entering it.
+        alive: per layer so far, ``key_weight`` after it (rank gates only).
+    """
+
+    h: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    counts: torch.Tensor
+    host_counts: tuple[int, ...]
+    real: torch.Tensor
+    attention_mask: torch.Tensor
+    buffer: torch.Tensor | None = None
+    key_weight: torch.Tensor | None = None
+    kept: tuple[torch.Tensor, ...] = ()
+    inputs: tuple[torch.Tensor, ...] = ()
+    alive: tuple[torch.Tensor | None, ...] = ()
 
 
 def significance_scores(
@@ -274,6 +310,16 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
 
 
+def _restore_mode(restore: bool | str | None) -> Restore | None:
+    if restore is True:
+        return "output"
+    if restore in (False, None):
+        return None
+    if restore not in ("output", "last_layer"):
+        raise ConfigError(f"model.restore must be 'output' or 'last_layer', got {restore!r}")
+    return restore
+
+
 class TokenDroppingEncoder(nn.Module):
     """A Hugging Face BERT-family encoder run layer by layer with token dropping.
 
@@ -338,7 +384,7 @@ class TokenDroppingEncoder(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         lengths: torch.Tensor | None = None,
         keep_cls: bool = True,
-        restore: bool = False,
+        restore: bool | Restore = False,
         skip_layers: Sequence[bool] | None = None,
         rank_gates: Sequence[torch.Tensor | None] | None = None,
         keep_by_rank: Sequence[torch.Tensor | None] | None = None,
@@ -351,15 +397,21 @@ class TokenDroppingEncoder(nn.Module):
             token_type_ids: (B, T) long or None.
             lengths: (B, L) long kept tokens per example after each layer, from
                 :meth:`dyntok.lengths.LengthConfig.resolve`; None keeps every token. Values are clamped to
-                [1, tokens present] and to non-increasing order.
+                [1, tokens present] and to non-increasing order (:meth:`clamp_lengths`).
             keep_cls: always keep position 0 (sequence classification); False for span tasks.
-            restore: Drop-and-Restore; the output then has all T positions in input order.
+            restore: Drop-and-Restore (Kim & Cho 2021, Sec. 4), the output then has all T positions in input
+                order: ``"output"`` (or True) writes each dropped token's last state back at the end, as the
+                LAT code; ``"last_layer"`` lets every dropped token rejoin, with its last state, before the last
+                layer, which runs on all positions (the pick-up of Hou et al. 2022, "Token Dropping for
+                Efficient BERT Pretraining"), so every position leaves the encoder through the last layer; the
+                configuration's last entry is then moot. False: no restore.
             skip_layers: L bools, True skips that layer (LayerDrop); a skipped layer keeps every token.
             rank_gates: L entries of None or a (T_max,) gate vector or (B, T_max) per-row table: the
-                token of significance rank k leaves layer j with weight g[k] (g[b, k]; Jeong & Kwak 2021): in later layers its attention
-                probability as a key is multiplied by the product of its gates so far (0 = dropped, as the
-                physical gather at inference; 1 = kept). Tokens whose weight is 0 are also left out of the
-                queries the significance scores sum over, as they are gone at inference. T_max must be >= T.
+                token of significance rank k leaves layer j with weight g[k] (g[b, k]; Jeong & Kwak 2021): in
+                later layers its attention probability as a key is multiplied by the product of its gates so
+                far (0 = dropped, as the physical gather at inference; 1 = kept). Tokens whose weight is 0 are
+                also left out of the queries the significance scores sum over, as they are gone at inference.
+                T_max must be >= T.
             keep_by_rank: L entries of None (keep every token) or a (T',) / (B, T') bool table: layer j
                 keeps exactly the tokens whose significance rank r is flagged in row b,
                 l_j = #{r < l_{j-1} : table[b, r]} (:func:`rank_table_lengths`); the hard inference of rank
@@ -367,19 +419,14 @@ class TokenDroppingEncoder(nn.Module):
 
         Returns:
             :class:`EncoderOutput`.
+
+        Raises:
+            ConfigError: ``lengths`` of the wrong shape, both ``lengths`` and ``keep_by_rank``, or tables too
+                short; an unknown ``restore``.
         """
+        mode = _restore_mode(restore)
         B, T = input_ids.shape
-        mask = attention_mask.bool()
-        real = mask.sum(1)
-        h = self.embed(input_ids, token_type_ids)
-        positions = torch.arange(T, device=h.device).expand(B, T)
-        buffer = h if restore else None
-        key_weight: torch.Tensor | None = None  # product of the rank gates so far (training with gates)
-        counts = real
-        kept = []
-        alive: list[torch.Tensor | None] = []
-        # Targets live on the host too (one sync per forward): whether a layer drops anything decides
-        # between explicit probabilities and the fused kernel.
+        real = attention_mask.bool().sum(1)
         if keep_by_rank is not None:
             if lengths is not None:
                 raise ConfigError("give lengths or keep_by_rank, not both")
@@ -388,54 +435,118 @@ class TokenDroppingEncoder(nn.Module):
             if any(t is not None and t.size(-1) < T for t in keep_by_rank):
                 raise ConfigError(f"keep_by_rank tables must cover the {T} input positions")
             lengths = rank_table_lengths(keep_by_rank, real)
-        if lengths is not None:
-            if lengths.shape != (B, self.num_layers):
-                raise ConfigError(f"lengths must have shape ({B}, {self.num_layers}), got {tuple(lengths.shape)}")
-            lengths = torch.cummin(torch.minimum(lengths.to(real.device), real[:, None]).clamp(min=1), 1).values
-            host_targets = lengths.t().tolist()
-            host_counts = real.tolist()
-        for j, parts in enumerate(self._parts):
+        # targets live on the host too (one sync per forward): whether a layer drops anything decides
+        # between explicit probabilities and the fused kernel
+        host_targets = self.clamp_lengths(lengths, real).t().tolist() if lengths is not None else None
+        flow = self.begin(input_ids, attention_mask, token_type_ids, restore=mode is not None,
+                          host_counts=host_targets is not None or mode == "last_layer")
+        for j in range(self.num_layers):
             if skip_layers is not None and skip_layers[j]:
-                kept.append(counts)
-                if rank_gates is not None:
-                    alive.append(key_weight)
+                flow = self.skip(flow, rank_gates is not None)
                 continue
+            if mode == "last_layer" and j == self.num_layers - 1:
+                flow = self.rejoin(flow)
+            target = host_targets[j] if host_targets is not None and not (
+                mode == "last_layer" and j == self.num_layers - 1) else None
+            flags = keep_by_rank[j] if keep_by_rank is not None else None
             gate = rank_gates[j] if rank_gates is not None else None
-            drop = False
-            if lengths is not None:
-                t_j = [min(t, c) for t, c in zip(host_targets[j], host_counts, strict=True)]
-                drop = any(t < c for t, c in zip(t_j, host_counts, strict=True))
-            a, scores = self._attention(parts, h, mask, need_scores=drop or gate is not None, key_weight=key_weight)
-            if gate is not None:
-                ranks = rank_of(scores, mask, positions, keep_cls)
-                g = gate[ranks] if gate.dim() == 1 else gate.gather(1, ranks)
-                if keep_cls:
-                    g = torch.where(positions == 0, torch.ones_like(g), g)
-                key_weight = g if key_weight is None else key_weight * g
-            if rank_gates is not None:
-                alive.append(key_weight)
-            if drop:
-                target = torch.tensor(t_j, device=counts.device, dtype=counts.dtype)
-                flags = None
-                if keep_by_rank is not None and keep_by_rank[j] is not None:
-                    K = mask.size(1)
-                    flags = keep_by_rank[j].to(h.device).expand(B, -1)[:, :K] & (
-                        torch.arange(K, device=h.device)[None, :] < counts[:, None])
-                index, mask = select_tokens(scores, mask, positions, target, keep_cls, flags)
-                a = _gather(a, index)
-                positions = positions.gather(1, index)
-                counts, host_counts = target, t_j
-            h = self._ffn(parts, a)
-            if restore:
-                old = _gather(buffer, positions)
-                new = torch.where(mask.unsqueeze(-1), h, old)
-                buffer = buffer.scatter(1, positions.unsqueeze(-1).expand_as(new), new)
-            kept.append(counts)
-        kept_t = torch.stack(kept, dim=1)
-        if restore:
-            full = torch.arange(T, device=h.device).expand(B, T)
-            return EncoderOutput(buffer, attention_mask.bool(), full, kept_t, real, alive)
-        return EncoderOutput(h, mask, positions, kept_t, real, alive)
+            a, scores = self.attend(j, flow, self.drops(flow, target) or gate is not None)
+            flow = self.advance(j, flow, a, scores, target, keep_cls, flags=flags, gate=gate,
+                                track_alive=rank_gates is not None)
+        return self.finish(flow)
+
+    def clamp_lengths(self, lengths: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """(B, L) ``lengths`` as :meth:`forward` runs them: at most the real length, at least 1, non-increasing.
+
+        Raises:
+            ConfigError: not of shape (B, L).
+        """
+        if lengths.shape != (real.size(0), self.num_layers):
+            raise ConfigError(f"lengths must have shape ({real.size(0)}, {self.num_layers}), got {tuple(lengths.shape)}")
+        return torch.cummin(torch.minimum(lengths.to(real.device), real[:, None]).clamp(min=1), 1).values
+
+    # ---- the steps of a forward pass (also run one by one by the search's prefix cache) ------------------
+
+    def begin(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None,
+              restore: bool = False, host_counts: bool = True) -> Flow:
+        """The embedded batch before the first layer; ``restore`` keeps the Drop-and-Restore buffer;
+        ``host_counts=False`` skips copying the real lengths to the host (nothing will be dropped)."""
+        B, T = input_ids.shape
+        mask = attention_mask.bool()
+        real = mask.sum(1)
+        h = self.embed(input_ids, token_type_ids)
+        positions = torch.arange(T, device=h.device).expand(B, T)
+        host = tuple(real.tolist()) if host_counts else ()
+        return Flow(h, mask, positions, real, host, real, mask, buffer=h if restore else None)
+
+    @staticmethod
+    def drops(flow: Flow, target: Sequence[int] | None) -> bool:
+        """Whether a layer with these per-example targets removes any token of ``flow``."""
+        return target is not None and any(t < c for t, c in zip(target, flow.host_counts, strict=True))
+
+    def attend(self, j: int, flow: Flow, need_scores: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Layer j's attention sub-layer on ``flow``: (B, K, d) and, if ``need_scores``, (B, K) significance."""
+        return self._attention(self._parts[j], flow.h, flow.mask, need_scores, flow.key_weight)
+
+    def advance(self, j: int, flow: Flow, a: torch.Tensor, scores: torch.Tensor | None,
+                target: Sequence[int] | None, keep_cls: bool, flags: torch.Tensor | None = None,
+                gate: torch.Tensor | None = None, track_alive: bool = False) -> Flow:
+        """The rest of layer j after :meth:`attend`: gate, drop to ``target`` (per example, clamped to the
+        tokens present), feed-forward, restore buffer."""
+        B = a.size(0)
+        key_weight, positions, mask, counts, host_counts = (flow.key_weight, flow.positions, flow.mask,
+                                                            flow.counts, flow.host_counts)
+        if gate is not None:
+            ranks = rank_of(scores, mask, positions, keep_cls)
+            g = gate[ranks] if gate.dim() == 1 else gate.gather(1, ranks)
+            if keep_cls:
+                g = torch.where(positions == 0, torch.ones_like(g), g)
+            key_weight = g if key_weight is None else key_weight * g
+        if self.drops(flow, target):
+            t_j = tuple(min(t, c) for t, c in zip(target, host_counts, strict=True))
+            new_counts = torch.tensor(t_j, device=counts.device, dtype=counts.dtype)
+            if flags is not None:
+                K = mask.size(1)
+                flags = flags.to(a.device).expand(B, -1)[:, :K] & (
+                    torch.arange(K, device=a.device)[None, :] < counts[:, None])
+            index, mask = select_tokens(scores, mask, positions, new_counts, keep_cls, flags)
+            a = _gather(a, index)
+            positions = positions.gather(1, index)
+            counts, host_counts = new_counts, t_j
+        h = self._ffn(self._parts[j], a)
+        buffer = flow.buffer
+        if buffer is not None:
+            old = _gather(buffer, positions)
+            new = torch.where(mask.unsqueeze(-1), h, old)
+            buffer = buffer.scatter(1, positions.unsqueeze(-1).expand_as(new), new)
+        return replace(flow, h=h, mask=mask, positions=positions, counts=counts, host_counts=host_counts,
+                       buffer=buffer, key_weight=key_weight, kept=(*flow.kept, counts),
+                       inputs=(*flow.inputs, flow.counts), alive=(*flow.alive, key_weight) if track_alive else ())
+
+    @staticmethod
+    def skip(flow: Flow, track_alive: bool = False) -> Flow:
+        """A layer skipped by LayerDrop: nothing runs, every token stays."""
+        return replace(flow, kept=(*flow.kept, flow.counts), inputs=(*flow.inputs, flow.counts),
+                       alive=(*flow.alive, flow.key_weight) if track_alive else ())
+
+    @staticmethod
+    def rejoin(flow: Flow) -> Flow:
+        """Every dropped token back, with its last state, in input order (before the last layer,
+        ``restore="last_layer"``)."""
+        B, T = flow.attention_mask.shape
+        positions = torch.arange(T, device=flow.h.device).expand(B, T)
+        return replace(flow, h=flow.buffer, mask=flow.attention_mask, positions=positions, counts=flow.real,
+                       host_counts=tuple(flow.real.tolist()), key_weight=None)
+
+    @staticmethod
+    def finish(flow: Flow) -> EncoderOutput:
+        """The :class:`EncoderOutput` of a flow that went through every layer."""
+        kept, inputs = torch.stack(flow.kept, dim=1), torch.stack(flow.inputs, dim=1)
+        if flow.buffer is not None:
+            B, T = flow.attention_mask.shape
+            full = torch.arange(T, device=flow.h.device).expand(B, T)
+            return EncoderOutput(flow.buffer, flow.attention_mask, full, kept, flow.real, list(flow.alive), inputs)
+        return EncoderOutput(flow.h, flow.mask, flow.positions, kept, flow.real, list(flow.alive), inputs)
 
     def _attention(
         self, p: LayerParts, h: torch.Tensor, mask: torch.Tensor, need_scores: bool,

@@ -88,6 +88,7 @@ def encoder_macs(
     input_lengths: torch.Tensor,
     kept: torch.Tensor,
     skipped: Sequence[bool] | None = None,
+    inputs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Encoder MACs per example (module docstring formula).
 
@@ -98,6 +99,8 @@ def encoder_macs(
             attention runs on ``kept[:, j-1]`` (``input_lengths`` for the first), its FFN on ``kept[:, j]``.
         skipped: L bools, True for a layer skipped by LayerDrop: it costs 0 (its ``kept`` entry repeats
             the previous count, so the next layer's input is right as it is).
+        inputs: (B, L) tokens entering each layer's attention (``EncoderOutput.inputs``) where they are not
+            the previous layer's ``kept``: the last layer of ``restore="last_layer"`` runs on every token.
 
     Returns:
         (B,) float64 MACs.
@@ -105,7 +108,10 @@ def encoder_macs(
     _check(dims, input_lengths, kept)
     d, f = float(dims.hidden), float(dims.intermediate)
     k = kept.to(torch.float64).cpu()
-    prev = torch.cat([input_lengths.to(torch.float64).cpu().unsqueeze(1), k[:, :-1]], dim=1)
+    if inputs is not None:
+        prev = inputs.to(torch.float64).cpu()
+    else:
+        prev = torch.cat([input_lengths.to(torch.float64).cpu().unsqueeze(1), k[:, :-1]], dim=1)
     per_layer = 4 * prev * d * d + 2 * prev * prev * d + 2 * k * d * f  # (B, L)
     if skipped is not None:
         if len(skipped) != dims.num_layers:
@@ -135,10 +141,11 @@ def model_macs(
     kept: torch.Tensor,
     problem: str,
     skipped: Sequence[bool] | None = None,
+    inputs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B,) float64 MACs of the whole task model: embeddings (lookups and adds: 0 MACs; their LayerNorm is
     not counted either) + :func:`encoder_macs` + :func:`head_macs`."""
-    return encoder_macs(dims, input_lengths, kept, skipped) + head_macs(dims, input_lengths, problem)
+    return encoder_macs(dims, input_lengths, kept, skipped, inputs) + head_macs(dims, input_lengths, problem)
 
 
 def full_macs(dims: ModelDims, input_lengths: torch.Tensor) -> torch.Tensor:
@@ -160,17 +167,36 @@ def batch_macs(dims: ModelDims, padded_length: int, kept: torch.Tensor) -> torch
     return encoder_macs(dims, torch.full((kept.size(0),), int(padded_length)), width)
 
 
+def executed_lengths(cfg: LengthConfig, input_lengths: torch.Tensor, restore: str | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, kept), each (B, L): the tokens entering and leaving each layer when ``cfg`` runs on inputs of
+    these real lengths, as :meth:`dyntok.encoder.TokenDroppingEncoder.forward` executes it
+    (``restore="last_layer"``: the last layer takes and keeps every token)."""
+    n = input_lengths.to(torch.long).cpu()
+    kept = cfg.resolve(n)
+    inputs = torch.cat([n.unsqueeze(1), kept[:, :-1]], dim=1)
+    if restore == "last_layer":
+        kept = torch.cat([kept[:, :-1], n.unsqueeze(1)], dim=1)
+        inputs = torch.cat([inputs[:, :-1], n.unsqueeze(1)], dim=1)
+    return inputs, kept
+
+
 def length_config_macs(
-    dims: ModelDims, cfg: LengthConfig, input_lengths: torch.Tensor, problem: str | None = None
+    dims: ModelDims, cfg: LengthConfig, input_lengths: torch.Tensor, problem: str | None = None,
+    restore: str | None = None,
 ) -> torch.Tensor:
-    """(B,) MACs of running ``cfg`` on inputs of these real lengths: encoder only, or the whole
-    model when ``problem`` is given."""
+    """(B,) MACs of running ``cfg`` on inputs of these real lengths (:func:`executed_lengths`): encoder only,
+    or the whole model when ``problem`` is given.
+
+    Raises:
+        ConfigError: ``cfg`` has another depth than the model.
+    """
     if cfg.num_layers != dims.num_layers:
         raise ConfigError(f"length configuration {cfg.describe()} has {cfg.num_layers} layers, model {dims.num_layers}")
-    kept = cfg.resolve(input_lengths.cpu())
+    inputs, kept = executed_lengths(cfg, input_lengths, restore)
     if problem is None:
-        return encoder_macs(dims, input_lengths, kept)
-    return model_macs(dims, input_lengths, kept, problem)
+        return encoder_macs(dims, input_lengths, kept, inputs=inputs)
+    return model_macs(dims, input_lengths, kept, problem, inputs=inputs)
 
 
 @dataclass
@@ -200,11 +226,13 @@ class MacsReport:
             head_macs(self.dims, torch.ones(1), self.problem)  # raises ConfigError naming a bad problem
 
     def update(
-        self, input_lengths: torch.Tensor, kept: torch.Tensor, skipped: Sequence[bool] | None = None
+        self, input_lengths: torch.Tensor, kept: torch.Tensor, skipped: Sequence[bool] | None = None,
+        inputs: torch.Tensor | None = None,
     ) -> None:
-        """Add a batch: (B,) real input lengths and the encoder's (B, L) executed kept counts."""
+        """Add a batch: (B,) real input lengths and the encoder's (B, L) executed kept counts (and the tokens
+        entering each layer, ``EncoderOutput.inputs``, where that is not the previous layer's kept count)."""
         n = input_lengths.detach().cpu()
-        self.total += encoder_macs(self.dims, n, kept.detach().cpu(), skipped).sum().item() + self._head(n)
+        self.total += encoder_macs(self.dims, n, kept.detach().cpu(), skipped, inputs).sum().item() + self._head(n)
         self.total_full += full_macs(self.dims, n).sum().item() + self._head(n)
         if self.max_length is not None:
             padded = torch.full_like(n, self.max_length)

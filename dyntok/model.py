@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dyntok.encoder import EncoderOutput, Significance, TokenDroppingEncoder
+from dyntok.encoder import EncoderOutput, Restore, Significance, TokenDroppingEncoder
 from dyntok.errors import ConfigError
 
 Problem = Literal["classification", "regression", "span"]
@@ -92,14 +92,24 @@ class DynTokModel(nn.Module):
         problem: ``classification``, ``regression`` or ``span``.
         num_labels: classes (classification); ignored otherwise.
         dropout: before the output layer.
+        restore: span tasks' Drop-and-Restore (``model.restore``): ``output`` (a dropped token keeps its last
+            state, the LAT code) or ``last_layer`` (dropped tokens rejoin before the last layer, which runs on
+            every position; Hou et al. 2022). See :meth:`TokenDroppingEncoder.forward`.
+
+    Raises:
+        ConfigError: an unknown ``problem`` or ``restore``.
     """
 
-    def __init__(self, encoder: TokenDroppingEncoder, problem: Problem, num_labels: int = 2, dropout: float = 0.1):
+    def __init__(self, encoder: TokenDroppingEncoder, problem: Problem, num_labels: int = 2, dropout: float = 0.1,
+                 restore: Restore = "output"):
         super().__init__()
         if problem not in ("classification", "regression", "span"):
             raise ConfigError(f"problem must be classification, regression or span, got {problem!r}")
+        if restore not in ("output", "last_layer"):
+            raise ConfigError(f"model.restore must be 'output' or 'last_layer', got {restore!r}")
         self.encoder = encoder
         self.problem = problem
+        self.restore: Restore = restore
         self.num_labels = num_labels if problem == "classification" else (1 if problem == "regression" else 2)
         d = encoder.hidden_size
         # BERT/RoBERTa bring a pooler (dense + tanh on [CLS]); DistilBERT gets a fresh one.
@@ -121,11 +131,12 @@ class DynTokModel(nn.Module):
         include_diagonal: bool = True,
         head_reduce: Literal["sum", "mean"] = "sum",
         dropout: float = 0.1,
+        restore: Restore = "output",
     ) -> DynTokModel:
         backbone = load_backbone(pretrained, config)
         enc = TokenDroppingEncoder(backbone, significance, include_diagonal, head_reduce)
         # from_pretrained leaves the backbone in eval mode; Lightning keeps submodule modes, so train() here.
-        return cls(enc, problem, num_labels, dropout).train()
+        return cls(enc, problem, num_labels, dropout, restore).train()
 
     @property
     def num_layers(self) -> int:
@@ -157,17 +168,24 @@ class DynTokModel(nn.Module):
             token_type_ids,
             lengths=lengths,
             keep_cls=self.keep_cls,
-            restore=self.problem == "span",
+            restore=self.restore_mode,
             skip_layers=skip_layers,
             rank_gates=rank_gates,
             keep_by_rank=keep_by_rank,
         )
+        return ModelOutput(self.logits(out, attention_mask), out)
+
+    @property
+    def restore_mode(self) -> Restore | None:
+        """How the encoder restores dropped tokens: span tasks' ``restore``, None for the others."""
+        return self.restore if self.problem == "span" else None
+
+    def logits(self, out: EncoderOutput, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The head on the encoder's output (shapes in :class:`ModelOutput`); span logits of padding are the
+        dtype's minimum."""
         if self.problem == "span":
             logits = self.head(self.dropout(out.hidden))
             pad = ~attention_mask.bool()
-            logits = logits.masked_fill(pad.unsqueeze(-1), torch.finfo(logits.dtype).min)
-            return ModelOutput(logits, out)
+            return logits.masked_fill(pad.unsqueeze(-1), torch.finfo(logits.dtype).min)
         logits = self.head(self.dropout(self._pool(out.cls)))
-        if self.problem == "regression":
-            logits = logits.squeeze(-1)
-        return ModelOutput(logits, out)
+        return logits.squeeze(-1) if self.problem == "regression" else logits

@@ -18,14 +18,16 @@ from dyntok.results import flat_rows, format_table, read_results
 
 
 def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Path, xlabel: str, ylabel: str,
-                title: str = "", xlog: bool = False) -> Path:
-    """One line per label, points sorted by x; saved as PNG (headless backend)."""
+                title: str = "", xlog: bool = False,
+                anchors: dict[str, Sequence[tuple[float, float]]] | None = None) -> Path:
+    """One line per label, points sorted by x; ``anchors``: published points, drawn as black stars joined by a
+    dashed line, one series per name; saved as PNG (headless backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    many = len(curves) > 6  # the legend then goes beside the axes, where it hides no point
+    many = len(curves) + len(anchors or {}) > 6  # the legend then goes beside the axes, where it hides no point
     fig, ax = plt.subplots(figsize=(10.5 if many else 6.4, 4.8 if many else 4.4), dpi=120)
     colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
     markers = "os^Dv<>pPX*h"
@@ -35,6 +37,9 @@ def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Pa
             continue
         xs, ys = zip(*pts, strict=True)
         ax.plot(xs, ys, marker=markers[i % len(markers)], ms=4, lw=1.4, label=label, color=colors[i % len(colors)])
+    for k, (label, pts) in enumerate((anchors or {}).items()):
+        xs, ys = zip(*sorted(pts), strict=True)
+        ax.plot(xs, ys, ls="--", lw=1, marker="**PX"[k % 4], ms=9, color="black", label=label)
     if xlog:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -62,8 +67,17 @@ def _label(rec: dict[str, Any]) -> str:
     return f"{rec.get('label') or rec.get('method')}{desc}"
 
 
-def trade_off(records: list[dict[str, Any]], split: str | None = None) -> tuple[list[dict[str, Any]], dict]:
-    """Rows (one per run and split) and curves {method: [(macs_ratio, metric)]} of successful runs."""
+X_AXES = {
+    "macs_ratio": "MACs ratio (vs full model at real length)",
+    "padded_macs_ratio": "MACs executed / full model padded to max_length",
+    "paper_macs_ratio": "MACs ratio as the papers count (inputs padded to max_length)",
+}
+
+
+def trade_off(records: list[dict[str, Any]], split: str | None = None, x: str = "macs_ratio"
+              ) -> tuple[list[dict[str, Any]], dict]:
+    """Rows (one per run and split) and curves {label (split): [(x, metric)]} of successful runs; ``x`` is
+    one of :data:`X_AXES`."""
     rows, curves = [], defaultdict(list)
     for rec in records:
         if rec.get("status") != "ok":
@@ -79,9 +93,9 @@ def trade_off(records: list[dict[str, Any]], split: str | None = None) -> tuple[
             if kept:  # the executed length configuration: share of the input tokens kept after each layer
                 row["kept per layer"] = " ".join(f"{v:.2f}" for v in kept)
             rows.append(row)
-            if row.get("macs_ratio") is not None and row.get(metric) is not None:
+            if row.get(x) is not None and row.get(metric) is not None:
                 series = rec.get("label") or rec.get("method")
-                curves[f"{series} ({row['split']})"].append((row["macs_ratio"], row[metric]))
+                curves[f"{series} ({row['split']})"].append((row[x], row[metric]))
     return rows, dict(curves)
 
 
@@ -105,14 +119,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wandb", help="entity/project to read instead (needs network and login)")
     ap.add_argument("--split", default=None, help="only this split (default: all)")
     ap.add_argument("--out", default="report", help="output prefix: <out>.md and <out>.png")
+    ap.add_argument("--x", default="macs_ratio", choices=list(X_AXES), help="the plot's compute axis")
+    ap.add_argument("--anchor", action="append", default=[], metavar="NAME=X:Y[,X:Y...]",
+                    help="published points to mark on the plot, in the plot's units (e.g. "
+                         "'LA-MiniLM (published)=1.0:0.8928,0.523:0.8776')")
     args = ap.parse_args(argv)
     records = _wandb_records(args.wandb) if args.wandb else read_results(args.paths)
     if not records:
         print(f"dyntok: error: no results.json under {', '.join(args.paths) or '(no paths)'}", file=sys.stderr)
         return 2
-    rows, curves = trade_off(records, args.split)
+    rows, curves = trade_off(records, args.split, args.x)
+    try:
+        anchors = {name: [tuple(float(v) for v in pt.split(":")) for pt in pts.split(",")]
+                   for name, pts in (a.split("=", 1) for a in args.anchor)}
+    except ValueError:
+        print(f"dyntok: error: --anchor {args.anchor}: expected NAME=X:Y[,X:Y...]", file=sys.stderr)
+        return 2
     cols = ["label", "task", "split", "main_metric", "accuracy", "f1", "mcc", "pearson", "macs_ratio",
-            "macs_reduction", "padded_macs_reduction", "gmacs_per_example", "kept per layer", "examples", "status", "run"]
+            "macs_reduction", "padded_macs_ratio", "paper_macs_ratio", "gmacs_per_example", "kept per layer", "examples", "status", "run"]
     cols = [c for c in cols if any(c in r for r in rows)]
     table = format_table(sorted(rows, key=lambda r: (str(r.get("label")), r.get("macs_ratio") or 0)), cols)
     out = Path(args.out)
@@ -121,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if curves:
         metric = next((r["main_metric"] for r in rows if r.get("main_metric")), "metric")
-        plot_curves(curves, out.with_suffix(".png"), "MACs ratio (vs full model at real length)", metric,
-                    title=", ".join(sorted({str(r.get("task")) for r in rows if r.get("task")})))
+        plot_curves(curves, out.with_suffix(".png"), X_AXES[args.x], metric,
+                    title=", ".join(sorted({str(r.get("task")) for r in rows if r.get("task")})), anchors=anchors)
         print(f"\nwrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
     return 0
 

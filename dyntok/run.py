@@ -46,6 +46,7 @@ def build_model(model_cfg: DictConfig, task) -> Any:
         include_diagonal=model_cfg.include_diagonal,
         head_reduce=model_cfg.head_reduce,
         dropout=model_cfg.dropout,
+        restore=model_cfg.get("restore", "output"),
     )
 
 
@@ -164,8 +165,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         path = write_results(run_dir, record)
-        cols = ["task", "method", "split", *task.metric_names, "gmacs_per_example", "macs_reduction",
-                "padded_macs_reduction", "examples"]
+        cols = ["task", "method", "split", *task.metric_names, "gmacs_per_example", "macs_ratio",
+                "padded_macs_ratio", "paper_macs_ratio", "examples"]
         print(f"\n{format_table(flat_rows([record]), cols)}\n\nresults: {path}")
     return record
 

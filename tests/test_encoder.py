@@ -263,3 +263,112 @@ def test_chunked_attention_equals_one_big_softmax(include_diagonal, chunk_bytes)
     ctx, scores = attention_with_scores(q, k, v, mask, include_diagonal=include_diagonal, chunk_bytes=chunk_bytes)
     assert torch.allclose(ctx, probs @ v, atol=1e-6)
     assert torch.allclose(scores, significance_scores(probs, mask, include_diagonal), atol=1e-5)
+
+
+def _span_model(restore: str):
+    from tests.conftest import TINY_BERT
+
+    torch.manual_seed(0)
+    return DynTokModel.from_pretrained(None, "span", config=TINY_BERT, restore=restore).eval()
+
+
+def test_last_layer_pickup_runs_the_last_layer_on_every_position(tokenizer):
+    """restore="last_layer": dropped tokens rejoin with their last state before the last layer, which then
+    equals the last layer run on exactly those states; "output" writes the last states back unchanged."""
+    b = _batch(tokenizer, TEXTS)
+    real = b["attention_mask"].sum(1)
+    lengths = LengthConfig((0.6, 0.4, 0.4), "ratio").resolve(real)
+    args = (b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    pick = _span_model("last_layer")
+    with torch.no_grad():
+        out = pick.encoder(*args, lengths=lengths, keep_cls=False, restore="last_layer")
+        # the states entering the last layer: Drop-and-Restore after two layers
+        two = pick.encoder(*args, lengths=lengths, keep_cls=False, restore="output", skip_layers=[False, False, True])
+        enc = pick.encoder
+        flow = enc.begin(*args)
+        flow = type(flow)(**{**flow.__dict__, "h": two.hidden})
+        a, _ = enc.attend(2, flow, need_scores=False)
+        want = enc._ffn(enc._parts[2], a)
+    T = b["input_ids"].size(1)
+    assert out.hidden.shape == (len(TEXTS), T, 32)
+    assert torch.equal(out.positions, torch.arange(T).expand(len(TEXTS), T))
+    mask = b["attention_mask"].bool()
+    assert torch.allclose(out.hidden[mask], want[mask], atol=1e-5)
+    # the last layer took and kept every real token; the layers before dropped as configured
+    assert torch.equal(out.kept[:, 2], real) and torch.equal(out.inputs[:, 2], real)
+    assert torch.equal(out.kept[:, :2], lengths[:, :2]) and (lengths[:, 1] < real).all()
+    # "output": positions dropped at layer 2 keep their layer-1 state; nothing passes a third layer for them
+    with torch.no_grad():
+        kept_out = pick.encoder(*args, lengths=lengths, keep_cls=False, restore="output")
+    assert torch.equal(kept_out.kept, lengths)
+    assert not torch.allclose(kept_out.hidden[mask], out.hidden[mask])
+
+
+def test_last_layer_pickup_macs_by_hand():
+    from dyntok.flops import ModelDims, encoder_macs, executed_lengths, length_config_macs
+
+    dims = ModelDims(num_layers=3, hidden=4, intermediate=8, num_heads=2)
+    cfg = LengthConfig((6.0, 3.0, 2.0), "tokens", min_tokens=1)
+    n = torch.tensor([10])
+    inputs, kept = executed_lengths(cfg, n, "last_layer")
+    assert inputs.tolist() == [[10, 6, 10]] and kept.tolist() == [[6, 3, 10]]
+
+    def layer(lin: int, lout: int) -> int:  # 4 l d^2 + 2 l^2 d + 2 l' d d_ff
+        return 4 * lin * 16 + 2 * lin * lin * 4 + 2 * lout * 4 * 8
+
+    by_hand = layer(10, 6) + layer(6, 3) + layer(10, 10)
+    assert float(length_config_macs(dims, cfg, n, restore="last_layer")) == by_hand
+    assert float(encoder_macs(dims, n, kept, inputs=inputs)) == by_hand
+    assert float(length_config_macs(dims, cfg, n, restore="output")) == layer(10, 6) + layer(6, 3) + layer(3, 2)
+
+
+def test_encoder_reports_what_ran_for_the_macs_of_both_restore_modes(tokenizer):
+    from dyntok.flops import ModelDims, encoder_macs, length_config_macs
+
+    b = _batch(tokenizer, TEXTS)
+    real = b["attention_mask"].sum(1)
+    cfg = LengthConfig((0.7, 0.5, 0.3), "ratio")
+    for restore in ("output", "last_layer"):
+        model = _span_model(restore)
+        dims = ModelDims.from_encoder(model)
+        with torch.no_grad():
+            out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], lengths=cfg.resolve(real))
+        executed = encoder_macs(dims, real, out.encoder.kept, inputs=out.encoder.inputs)
+        assert torch.equal(executed, length_config_macs(dims, cfg, real, restore=restore))
+
+
+def test_prefix_cache_gives_the_uncached_logits_exactly(tokenizer):
+    """Configurations sharing leading layers reuse them; logits equal the plain forward's bit for bit, for
+    classification and for span with both restore modes, cached or not, in any order."""
+    import random
+
+    from dyntok.prefix_cache import PrefixCache
+    from tests.conftest import TINY_BERT
+
+    texts = TEXTS + ["an honest, quiet film that earns every one of its small moments", "no"]
+    batches = [dict(_batch(tokenizer, texts[:3])), dict(_batch(tokenizer, texts[3:]))]
+    rng = random.Random(0)
+    configs = [None, LengthConfig.full(3)]
+    for _ in range(40):
+        vals = sorted((rng.choice([1.0, 0.9, 0.7, 0.5, 0.3]) for _ in range(3)), reverse=True)
+        configs.append(LengthConfig(tuple(vals), "ratio"))
+    configs.append(LengthConfig((6.0, 4.0, 2.0), "tokens"))
+    torch.manual_seed(0)
+    models = [DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT).eval(),
+              _span_model("output"), _span_model("last_layer")]
+    for model in models:
+        for max_bytes in (1 << 30, 20_000, 0):  # room for everything, for a few states, for nothing
+            cache = PrefixCache(model, batches, max_bytes)
+            for cfg in configs + configs[::-1]:
+                for i, b in enumerate(batches):
+                    got, enc = cache.logits(i, cfg)
+                    real = b["attention_mask"].sum(1)
+                    with torch.no_grad():
+                        want = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                                     lengths=cfg.resolve(real) if cfg is not None else None)
+                    assert torch.equal(got, want.logits), (model.problem, model.restore, max_bytes, cfg)
+                    assert torch.equal(enc.kept, want.encoder.kept)
+            if max_bytes == 1 << 30:
+                assert cache.layers_reused > cache.layers_run  # most layers were shared
+            if max_bytes == 0:
+                assert cache.layers_reused == 0

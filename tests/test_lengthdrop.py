@@ -189,3 +189,52 @@ def test_from_a_lengthdrop_run_a_new_search_runs_unless_disabled(tmp_path):
     assert keep.returncode == 0, keep.stderr[-3000:]
     rec = json.loads((tmp_path / "c" / "results.json").read_text())
     assert rec["search"] is None and rec["length_config"] == chosen
+
+
+# ---- the authors' token mode and LayerDrop --------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(8, 512), st.floats(0.05, 0.6), st.floats(0.0, 0.9), st.integers(0, 10**6))
+def test_token_mode_sampling_is_bounded_monotone_and_steps_only_where_layers_run(max_length, p, drop, seed):
+    m = _module(length_drop_prob=p, length_unit="tokens", max_length=max_length, layer_drop=drop)
+    m.rng = random.Random(seed)
+    full = m.sample_skip()  # the full model's LayerDrop, as a training step draws it first
+    for cfg, skip in m.sandwich(m.ref_length(torch.tensor([3, 5]))):
+        assert cfg.unit == "tokens" and cfg.min_tokens == 2
+        counts = [int(v) for v in cfg.values]
+        prev = max_length  # l_0 is the padded length, whatever the batch holds
+        for j, c in enumerate(counts):
+            if skip is not None and skip[j]:
+                assert c == prev  # a skipped layer keeps its input length
+            else:  # one step of the chain, never two
+                assert max(2, math.ceil((1 - p) * prev - 1e-9)) <= c <= prev
+            prev = c
+    smallest, none = m.sandwich(max_length)[0]
+    assert none is None  # the smallest sub-model runs every layer
+    assert [int(v) for v in smallest.values] == _chain(max_length, p, 3)
+    assert full is None or not all(full)
+
+
+def _chain(l0: int, p: float, layers: int) -> list[int]:
+    out, cur = [], l0
+    for _ in range(layers):
+        cur = max(2, math.ceil((1 - p) * cur - 1e-9))
+        out.append(cur)
+    return out
+
+
+def test_token_mode_keeps_min_of_count_and_real_length():
+    m = _module(length_unit="tokens", max_length=64, length_drop_prob=0.5)
+    cfg = m.smallest(64)  # 32, 16, 8
+    assert [int(v) for v in cfg.values] == [32, 16, 8]
+    kept = cfg.resolve(torch.tensor([64, 20, 10, 1]))
+    assert kept.tolist() == [[32, 16, 8], [20, 16, 8], [10, 10, 8], [1, 1, 1]]
+
+
+def test_layerdrop_in_the_ratio_unit_also_steps_only_where_layers_run():
+    m = _module(length_drop_prob=0.5, layer_drop=0.0)
+    m.rng = random.Random(1)
+    cfg = m.sample_lengths(100, skip=[False, True, False])
+    c = [round(v * 100) for v in cfg.values]
+    assert c[1] == c[0] and math.ceil(0.5 * c[1] - 1e-9) <= c[2] <= c[1]

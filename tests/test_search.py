@@ -146,3 +146,58 @@ def test_store_from_another_search_is_refused(tmp_path):
     SearchStore(tmp_path / "s.jsonl", meta={"task": "sst2"}).add(Point((1, 1), 1.0, 0.5))
     with pytest.raises(ConfigError, match="another search"):
         SearchStore(tmp_path / "s.jsonl", meta={"task": "cola"})
+
+
+def test_initial_population_is_the_authors():
+    from dyntok.search import mean_retention, retention_spaced_genes
+
+    genes = retention_spaced_genes(0.2, 4, 6, 384)
+    low = mean_retention(constant_ratio_gene(0.8, 6, 384, 2), 384)
+    rets = [mean_retention(g, 384) for g in genes]
+    # evenly spaced strictly between the smallest gene's retention and 1 (to the genes' integer rounding)
+    for i, r in enumerate(rets, 1):
+        assert r == pytest.approx(low + (1 - low) * i / 5, abs=0.01)
+    ev, macs = _problem([])
+    s = EvolutionarySearch(ev, macs, 6, 384, 0.2, population=4, iterations=0, progress=False)
+    assert s.initial_population() == [s.smallest, s.full, *genes]
+    assert s.smallest == (308, 247, 198, 159, 128, 103)  # LA-MiniLM's smallest sub-model at p = 0.2
+    old = EvolutionarySearch(ev, macs, 6, 384, 0.2, population=4, iterations=0, progress=False, init="ratio")
+    assert old.initial_population() == [constant_ratio_gene(0.8 + 0.2 * i / 3, 6, 384, 2) for i in range(4)]
+
+
+def test_each_iteration_adds_that_many_new_genes_with_distinct_parents(tmp_path, monkeypatch):
+    import dyntok.search as search
+
+    pairs = []
+    real_crossover = search.crossover
+
+    def spy(a, b):
+        pairs.append((a, b))
+        return real_crossover(a, b)
+
+    monkeypatch.setattr(search, "crossover", spy)
+    calls: list = []
+    ev, macs = _problem(calls)
+    s = EvolutionarySearch(ev, macs, 4, 32, 0.35, population=6, iterations=3, mutations=5, crossovers=4, seed=1,
+                           progress=False)
+    res = s.run()
+    assert len(calls) == len(set(calls)) == len(s.initial_population()) + 3 * (5 + 4)
+    assert res.evaluated == len(calls) and s.short_iterations == 0
+    assert pairs and all(a != b for a, b in pairs)
+    assert all(min(g) >= 2 for g in calls)  # the authors' floor
+    # dyntok's former fill: that many draws, new or not
+    calls2: list = []
+    ev2, _ = _problem(calls2)
+    few = EvolutionarySearch(ev2, macs, 4, 32, 0.35, population=6, iterations=3, mutations=5, crossovers=4, seed=1,
+                             progress=False, fill="attempts").run()
+    assert few.evaluated <= len(calls)
+
+
+def test_an_exhausted_space_stops_at_the_attempt_cap_and_warns(caplog):
+    ev, macs = _problem([])
+    # two layers of at most 4 tokens: few monotone genes exist at all
+    s = EvolutionarySearch(ev, macs, 2, 4, 0.5, population=2, iterations=2, mutations=50, crossovers=50,
+                           progress=False, max_attempts=3)
+    with caplog.at_level("WARNING", logger="dyntok"):
+        s.run()
+    assert s.short_iterations > 0 and "exhausted" in caplog.text

@@ -434,15 +434,23 @@ def test_full_fine_tuning_run(tmp_path):
     assert "| squad | full | test |" in proc.stdout
 
 
-def test_lengthdrop_run_with_search(tmp_path):
+@pytest.mark.parametrize("variant", [[], ["model.restore=last_layer", "method.length_unit=tokens",
+                                          "method.search.budget_baseline=padded", "method.length_drop_prob=0.3"]],
+                         ids=["ratio-output", "tokens-last_layer-padded_budget"])
+def test_lengthdrop_run_with_search(tmp_path, variant):
     search = ["method.search.population=4", "method.search.iterations=1", "method.search.mutations=2",
               "method.search.crossovers=2", "method.search.max_examples=6", "method.search.budget=0.9",
               "method.search.curves=false"]
-    proc = _run([*TINY, *SQUAD, "method=lengthdrop", *search], tmp_path / "run")
+    proc = _run([*TINY, *SQUAD, "method=lengthdrop", *search, *variant], tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = _check_results(tmp_path / "run", "lengthdrop")
-    assert rec["search"]["evaluated"] > 0 and rec["search"]["chosen_macs_ratio"] <= 0.9 + 1e-9
+    ratio = "chosen_paper_macs_ratio" if variant else "chosen_macs_ratio"
+    assert rec["search"]["evaluated"] > 0 and rec["search"][ratio] <= 0.9 + 1e-9
     assert rec["splits"]["test"]["macs_ratio"] < 1.0
+    if variant:  # absolute token counts, the last entry as the one before (the last layer runs every token)
+        assert rec["length_config"]["unit"] == "tokens"
+        gene = rec["search"]["chosen_gene"]
+        assert gene[-1] == gene[-2] and all(g == int(g) for g in gene)
     store = [json.loads(line) for line in (tmp_path / "run" / "search_store.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["score"] <= 1.0 for r in store)  # genes scored by F1
 

@@ -161,7 +161,7 @@ class TaskModule(L.LightningModule):
         self.update_metrics(metrics, out.logits, batch)
         rep = self._macs.setdefault(
             split, MacsReport(self.dims, max_length=self._max_length(), problem=self.task.problem))
-        rep.update(out.encoder.input_lengths, out.encoder.kept)
+        rep.update(out.encoder.input_lengths, out.encoder.kept, inputs=out.encoder.inputs)
         return loss
 
     def _max_length(self) -> int:
@@ -211,11 +211,24 @@ class TaskModule(L.LightningModule):
             rep = self._synced_macs(split)
             if rep.examples:
                 vals.update({k: float(v) for k, v in rep.compute().items()})
+                vals["paper_macs_ratio"] = self.paper_macs_ratio()
                 vals["examples"] = rep.examples
             self.test_results[split] = vals
             # float64: under ddp_spawn these logged values are how the results reach the main process
             self.log_dict({f"{split}/{k}": torch.tensor(v, dtype=torch.float64, device=self.device)
                            for k, v in vals.items()}, add_dataloader_idx=False, sync_dist=True)
+
+    def paper_macs_ratio(self) -> float:
+        """The tested configuration's encoder MACs on one input padded to ``max_length`` over the full model's
+        there: the papers' count (the LAT code's torchprofile on an all-ones input; PoWER-BERT). It counts
+        padding that dyntok never runs; ``padded_macs_ratio`` is what dyntok executes against that baseline."""
+        from dyntok.flops import length_config_macs
+
+        L = self.model.num_layers
+        cfg = getattr(self, "fixed_eval_config", None) or self.eval_length_config() or LengthConfig.full(L)
+        n, restore = torch.tensor([self._max_length()]), self.model.restore_mode
+        return float(length_config_macs(self.dims, cfg, n, restore=restore)
+                     / length_config_macs(self.dims, LengthConfig.full(L), n, restore=restore))
 
     def on_train_epoch_end(self) -> None:
         # A logged value is what ddp_spawn hands back to the main process: the step count travels as one.

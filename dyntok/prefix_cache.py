@@ -1,0 +1,123 @@
+"""Scoring many length configurations on the same batches, computing what they share once.
+
+The evolutionary search runs ~1,800 configurations over one fixed set of batches. Per batch, two
+configurations whose per-example kept counts agree on layers 1..k run those layers identically: the same
+tokens enter layer k+1 in the same states. Every configuration shares the first layer's attention
+sub-layer (all tokens come in), and on short inputs a ratio configuration resolves to the same counts as
+its neighbours for several layers. :class:`PrefixCache` keeps, per batch, the flow of tokens after each
+layer and the attention output of the next, keyed by the resolved counts so far, and evicts the least
+recently used beyond ``max_bytes``. It calls the encoder's own steps (:meth:`TokenDroppingEncoder.attend`,
+:meth:`~TokenDroppingEncoder.advance`) with the same arguments as its ``forward``, so the logits are the
+uncached ones exactly (tested).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from dyntok.encoder import Flow
+from dyntok.lengths import LengthConfig
+
+
+def _nbytes(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return x.element_size() * x.nelement()
+    if isinstance(x, Flow):
+        return sum(_nbytes(t) for t in (x.h, x.buffer) if t is not None)
+    if isinstance(x, tuple):
+        return sum(_nbytes(t) for t in x)
+    return 0
+
+
+class PrefixCache:
+    """Logits of a :class:`dyntok.model.DynTokModel` (in eval mode) on fixed ``batches`` under any length
+    configuration, reusing the layers configurations share (module docstring).
+
+    Args:
+        model: the task model; it must not change while the cache lives.
+        batches: collated batches (``input_ids``, ``attention_mask``, ``token_type_ids``), on the model's device.
+        max_bytes: bound on the cached states (bytes); 0 caches nothing (every call computes all layers).
+
+    Attributes:
+        layers_run: layers computed (feed-forward at least); layers_reused: whole layers taken from the cache;
+        attention_reused: attention sub-layers taken from the cache for a layer that then ran.
+    """
+
+    def __init__(self, model, batches: Sequence[dict[str, torch.Tensor]], max_bytes: int = 1 << 30) -> None:
+        self.model, self.batches, self.max_bytes = model, list(batches), int(max_bytes)
+        self._store: OrderedDict[tuple, Any] = OrderedDict()
+        self._bytes = 0
+        self.layers_run = self.layers_reused = self.attention_reused = 0
+
+    def _get(self, key: tuple) -> Any:
+        if key in self._store:
+            self._store.move_to_end(key)
+            return self._store[key]
+        return None
+
+    def _put(self, key: tuple, value: Any) -> None:
+        size = _nbytes(value)
+        if size > self.max_bytes:
+            return
+        self._store[key] = value
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, old = self._store.popitem(last=False)
+            self._bytes -= _nbytes(old)
+
+    @torch.inference_mode()
+    def logits(self, i: int, config: LengthConfig | None) -> tuple[torch.Tensor, Any]:
+        """Logits and :class:`~dyntok.encoder.EncoderOutput` of batch ``i`` under ``config`` (None: every
+        token), as ``model(batch, lengths=config.resolve(real))`` gives them."""
+        model, b = self.model, self.batches[i]
+        enc = model.encoder
+        mask = b["attention_mask"]
+        real = mask.sum(1)
+        if config is None:
+            out = model(b["input_ids"], mask, b.get("token_type_ids"))
+            return out.logits, out.encoder
+        lengths = enc.clamp_lengths(config.resolve(real), real)
+        L, mode = enc.num_layers, model.restore_mode
+        host = lengths.t().tolist()
+        key_of = lengths.cpu().numpy()
+        done = self._get((i, "out", key_of.tobytes()))
+        if done is not None:
+            self.layers_reused += L
+            return done
+        # the deepest layer whose output this configuration shares with one already run
+        start, flow = 0, None
+        for k in range(L, 0, -1):
+            flow = self._get((i, "flow", k, key_of[:, :k].tobytes()))
+            if flow is not None:
+                start = k
+                break
+        if flow is None:
+            flow = self._get((i, "begin"))
+            if flow is None:
+                flow = enc.begin(b["input_ids"], mask, b.get("token_type_ids"), restore=mode is not None)
+                self._put((i, "begin"), flow)
+        self.layers_reused += start
+        for j in range(start, L):
+            last = mode == "last_layer" and j == L - 1
+            if last:
+                flow = enc.rejoin(flow)
+            target = None if last else host[j]
+            need = enc.drops(flow, target)
+            akey = (i, "attn", j, key_of[:, :j].tobytes(), need)
+            attn = self._get(akey)
+            if attn is None:
+                attn = enc.attend(j, flow, need)
+                self._put(akey, attn)
+            else:
+                self.attention_reused += 1
+            self.layers_run += 1
+            flow = enc.advance(j, flow, *attn, target, model.keep_cls)
+            self._put((i, "flow", j + 1, key_of[:, :j + 1].tobytes()), flow)
+        out = enc.finish(flow)
+        result = (model.logits(out, mask), out)
+        self._put((i, "out", key_of.tobytes()), result)
+        return result
