@@ -8,12 +8,14 @@
 - :class:`EpochEndResume` makes a checkpoint written at an epoch's end resume at the next epoch's start.
 - :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file and renames it: a run killed while
   saving leaves the previous ``last.ckpt`` whole.
+- :class:`LogProgress` reports progress as log lines where no terminal shows a progress bar.
 - :class:`FiniteLossGuard` stops training at the first NaN or infinite loss, before the backward pass
   touches the weights, naming the step and the last good checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -26,6 +28,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
 from dyntok.errors import DyntokError
+
+log = logging.getLogger("dyntok")
 
 
 class NumericalError(DyntokError):
@@ -168,3 +172,59 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)
+
+
+class LogProgress(L.Callback):
+    """Progress as log lines, for output that is not a terminal (SLURM, nohup), where a progress bar prints
+    nothing until it ends: a line when training starts, then every ``every_s`` seconds (and at each epoch's
+    end) with the step, the share done, the speed, the time left and the last training loss; a line per
+    validation and test.
+    """
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self._start = self._last = 0.0
+        self._start_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        self._start = self._last = time.time()
+        self._start_step = trainer.global_step
+        total = trainer.estimated_stepping_batches
+        log.info("training: %s steps (%s epochs), from step %d", total, trainer.max_epochs, trainer.global_step)
+
+    def _line(self, trainer: L.Trainer) -> str:
+        import math
+        import time
+
+        now = time.time()
+        step, total = trainer.global_step, trainer.estimated_stepping_batches
+        rate = (step - self._start_step) / max(now - self._start, 1e-9)
+        left = (total - step) / rate if rate > 0 and math.isfinite(total) else float("nan")
+        loss = trainer.callback_metrics.get("train/loss")
+        share = f" ({100 * step / total:.0f}%)" if math.isfinite(total) and total > 0 else ""
+        eta = f", {left / 60:.1f} min left" if math.isfinite(left) else ""
+        return (f"epoch {trainer.current_epoch + 1} step {step}/{total}{share}, {rate:.2f} steps/s{eta}"
+                + (f", loss {float(loss):.4f}" if loss is not None else ""))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        import time
+
+        if time.time() - self._last >= self.every_s:
+            self._last = time.time()
+            log.info("%s", self._line(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log.info("end of epoch: %s", self._line(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        keys = [*(f"val/{m}" for m in pl_module.task.metric_names), "val/loss", "val/macs_ratio"]
+        got = trainer.callback_metrics
+        log.info("validation at step %d: %s", trainer.global_step,
+                 ", ".join(f"{k[4:]} {float(got[k]):.4f}" for k in keys if k in got))
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log.info("testing on %s", ", ".join(pl_module.task.test_splits))

@@ -84,7 +84,14 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from dyntok.callbacks import AtomicCheckpointIO, EpochEndResume, FiniteLossGuard, LastCheckpoint, RngState
+    from dyntok.callbacks import (
+        AtomicCheckpointIO,
+        EpochEndResume,
+        FiniteLossGuard,
+        LastCheckpoint,
+        LogProgress,
+        RngState,
+    )
     from dyntok.checkpoint import check_resumable, load_init_weights
     from dyntok.results import flat_rows, format_table, versions, write_results
     from dyntok.tasks import get_task
@@ -119,7 +126,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         callbacks.append(LastCheckpoint(ckpt_dir, cfg.checkpoint.get("every_n_train_steps")))
     # the user's own (callbacks.<name>._target_=...), after dyntok's
     callbacks += [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    trainer = L.Trainer(**_trainer_kwargs(cfg), logger=_logger(cfg), callbacks=callbacks,
+    kw = _trainer_kwargs(cfg)
+    if _log_progress(cfg.get("progress", "auto")):  # no terminal (SLURM, nohup): lines in the log, no bar
+        kw["enable_progress_bar"] = False
+        callbacks.append(LogProgress())
+    trainer = L.Trainer(**kw, logger=_logger(cfg), callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
     ckpt_path = cfg.ckpt_path
     if ckpt_path is None and cfg.resume and (ckpt_dir / "last.ckpt").exists():
@@ -169,6 +180,20 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
                 "padded_macs_ratio", "paper_macs_ratio", "examples"]
         print(f"\n{format_table(flat_rows([record]), cols)}\n\nresults: {path}")
     return record
+
+
+def _log_progress(progress: str) -> bool:
+    """``progress``: ``bar`` (Lightning's progress bar), ``log`` (:class:`dyntok.callbacks.LogProgress` lines)
+    or ``auto`` (the bar in a terminal, lines otherwise).
+
+    Raises:
+        ConfigError: another value (names ``progress``).
+    """
+    from dyntok.errors import ConfigError
+
+    if progress not in ("auto", "bar", "log"):
+        raise ConfigError(f"progress must be 'auto', 'bar' or 'log', got {progress!r}")
+    return progress == "log" or (progress == "auto" and not sys.stderr.isatty())
 
 
 _SPAWN = {"ddp": "ddp_spawn", "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true"}

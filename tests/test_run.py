@@ -140,3 +140,14 @@ def test_real_minilm_on_a_real_slice(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     test = json.loads((tmp_path / "run" / "results.json").read_text())["splits"]["test"]
     assert test["accuracy"] > 0.65
+
+
+def test_progress_shows_as_log_lines_when_the_output_is_a_file(tmp_path):
+    # the output goes to a pipe here (as under SLURM or nohup): lines in the log instead of a silent bar
+    proc = _run([*TINY, "trainer.max_steps=3"], tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "training: 3 steps" in log and "end of epoch: epoch 1 step 3/3 (100%)" in log
+    assert "validation at step 3: accuracy" in log and "testing on test" in log
+    bad = _run([*TINY, "progress=loud"], tmp_path / "bad")
+    assert bad.returncode == 2 and "progress must be 'auto', 'bar' or 'log'" in bad.stderr
