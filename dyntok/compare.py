@@ -1,5 +1,5 @@
 """Every method side by side on one task, measured in one process: ``python -m dyntok.compare runs/sst2
---data-dir ../shared/data/glue --out docs/sst2_benchmark``.
+--data-dir ../shared/data/glue --out docs/benchmarks/sst2_benchmark``.
 
 Reads the runs under a benchmark folder (``benchmarks/sst2_tradeoff.sh`` writes them): ``method=full`` (the
 reference), untrained extraction from it (``train=false eval_length_config=...``), gates runs, and a
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dyntok.errors import DyntokError
-from dyntok.search import compare_to_curve
+from dyntok.evaluation.frontier import compare_to_curve
 
 GOAL_REDUCTION = {"imdb": 4.0}  # fewer MACs (real-length baseline) per task ...
 GOAL_REDUCTION_DEFAULT = 2.5  # ... for the others (SST-2)
@@ -43,7 +43,7 @@ GOAL_STEP = {"gates": 1.3, "lengthdrop": 3.0}  # training step time relative to 
 
 
 def _records(root: Path) -> list[dict[str, Any]]:
-    from dyntok.results import read_results
+    from dyntok.evaluation.results import read_results
 
     return [r for r in read_results([str(root)]) if r.get("status") == "ok"]
 
@@ -78,8 +78,8 @@ def measure(pred, batches: list[dict[str, torch.Tensor]], length_config: Any = N
         model at each input's untruncated real length, and padded to ``max_length``), ``ms_per_example``
         (best of ``repeats`` timed passes) and ``examples``.
     """
-    from dyntok.bench import best_pass_ms
-    from dyntok.flops import encoder_macs, full_macs, padded_macs
+    from dyntok.core.macs import encoder_macs, full_macs, padded_macs
+    from dyntok.evaluation.timing import best_pass_ms
 
     module, task = pred.module, pred.task
     dims = module.dims
@@ -132,10 +132,10 @@ def _inference_memory(ckpt: str, split: str, data_dir: str | None, batch_size: i
                       max_examples: int | None) -> dict[str, float]:
     """Resident memory (MB) of a fresh CPU process that loads ``ckpt`` and its data, then evaluates the
     split: ``rss_mb`` before the evaluation (weights, data, framework) and ``inference_mb``, what the
-    evaluation added at its peak (:func:`dyntok.bench.peak_memory_mb`). NaN where it cannot be measured."""
+    evaluation added at its peak (:func:`dyntok.evaluation.timing.peak_memory_mb`). NaN where it cannot be measured."""
     import subprocess
 
-    code = ("import json,sys,dyntok; from dyntok.bench import peak_memory_mb; p=dyntok.load(sys.argv[1]); "
+    code = ("import json,sys,dyntok; from dyntok.evaluation.timing import peak_memory_mb; p=dyntok.load(sys.argv[1]); "
             "dm=p.datamodule(None if sys.argv[3]=='-' else sys.argv[3]); dm.setup(); "
             "before, peak = peak_memory_mb(lambda: p.evaluate(sys.argv[2], batch_size=int(sys.argv[4]), "
             "max_examples=None if sys.argv[5]=='-' else int(sys.argv[5]), datamodule=dm)); "
@@ -149,9 +149,9 @@ def _inference_memory(ckpt: str, split: str, data_dir: str | None, batch_size: i
 
 
 def tested_checkpoint(rec: dict[str, Any]) -> str:
-    """The checkpoint a run tested (:func:`dyntok.checkpoint.run_checkpoint` of its folder); a run that did
+    """The checkpoint a run tested (:func:`dyntok.methods.checkpoint.run_checkpoint` of its folder); a run that did
     not train (``train=false``, e.g. a search over a trained LengthDrop model) tested its ``init_from``."""
-    from dyntok.checkpoint import run_checkpoint
+    from dyntok.methods.checkpoint import run_checkpoint
 
     cfg = rec.get("config") or {}
     if cfg.get("train", True) is False and cfg.get("init_from"):
@@ -162,9 +162,8 @@ def tested_checkpoint(rec: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import dyntok
-    from dyntok.lengths import LengthConfig
-    from dyntok.results import format_table
-    from dyntok.search import gene_to_config
+    from dyntok.core.lengths import LengthConfig
+    from dyntok.evaluation.results import format_table
 
     root = Path(args.runs)
     records = _records(root)
@@ -225,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
                 idx = np.unique(np.linspace(0, len(front) - 1, args.max_frontier).round().astype(int))
                 front = [front[i] for i in idx]
             for row in front:
-                lc = gene_to_config(tuple(row["gene"]), ref_len)
+                lc = (LengthConfig.parse(row["length_config"], pred.module.model.num_layers) if "length_config" in row
+                      else LengthConfig.from_counts(row["gene"], ref_len))  # frontier files before length_config
                 add({"method": "lengthdrop", "label": rec.get("label") or "lengthdrop (searched)",
                      "config": lc.describe(),
                                **measure(pred, batches, lc, **kw)})
@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     out.with_suffix(".md").write_text("\n".join(md))
     (out.parent / f"{out.name}.json").write_text(json.dumps({"points": points, "train_step_ms": step_ms,
                                                              "goals": goals}, indent=2, default=str))
-    plot_points(points, metric, out, f"{full_rec['task']} ({split})", full.device.type)
+    plot_points(points, metric, out, f"{full_rec['task']} ({split})", full.device.type, by=args.by)
     print(table)
     print()
     for g in goals:
@@ -290,15 +290,25 @@ def curve_name(point: dict[str, Any]) -> str:
     return point["method"] if point["method"] in ("full", "truncation") else point["label"]
 
 
-def plot_points(points: list[dict[str, Any]], metric: str, out: Path, title: str, device: str) -> None:
+def plot_points(points: list[dict[str, Any]], metric: str, out: Path, title: str, device: str,
+                by: str = "label") -> None:
     """``<out>.png`` (metric against MACs ratio) and ``<out>_speed.png`` (against measured speed-up), one curve
-    per :func:`curve_name`; ``points`` as in the ``.json`` that :func:`run` writes."""
-    from dyntok.report import plot_curves
+    per :func:`curve_name` (``by="label"``), or per method with each method's Pareto frontier (``by="method"``:
+    full, truncation, extraction, gates, LengthDrop; the headline plot); ``points`` as in the ``.json`` that
+    :func:`run` writes."""
+    from dyntok.evaluation.frontier import Point, pareto_frontier
+    from dyntok.evaluation.plots import plot_curves
 
     curves, speed = defaultdict(list), defaultdict(list)
     for p in points:
-        curves[curve_name(p)].append((p["macs_ratio"], p[metric]))
-        speed[curve_name(p)].append((p["speedup"], p[metric]))
+        name = curve_name(p) if by == "label" else p["method"].split(" ")[0]
+        curves[name].append((p["macs_ratio"], p[metric]))
+        speed[name].append((p["speedup"], p[metric]))
+    if by == "method":  # the best of each method: its frontier (fewer MACs, or more speed, and a better score)
+        curves = {k: [(q.macs, q.score) for q in pareto_frontier([Point((), x, y) for x, y in v])]
+                  for k, v in curves.items()}
+        speed = {k: [(-q.macs, q.score) for q in pareto_frontier([Point((), -x, y) for x, y in v])]
+                 for k, v in speed.items()}
     plot_curves(curves, out.with_suffix(".png"), "MACs ratio (vs full model at real length)", metric, title=title)
     plot_curves(speed, out.parent / f"{out.name}_speed.png", "measured speed-up vs full model", metric,
                 title=f"{title}, {device}")
@@ -347,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", help="benchmark folder with the runs (benchmarks/sst2_tradeoff.sh OUT)")
     ap.add_argument("--data-dir", default=None, help="task data (default: the runs' data_dir)")
     ap.add_argument("--split", default="test", help="report split (GLUE: the dev file)")
-    ap.add_argument("--out", default="docs/benchmark", help="output prefix (.md, .png, _speed.png, .json)")
+    ap.add_argument("--out", default="docs/benchmarks/benchmark", help="output prefix (.md, .png, _speed.png, .json)")
     ap.add_argument("--truncate", type=int, nargs="*", default=[8, 12, 16, 24], help="static truncation lengths")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per point (the best counts)")
@@ -361,8 +371,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                     help="memory per method: resident before evaluating, and added at the evaluation's peak "
                          "(a fresh CPU process each)")
+    ap.add_argument("--title", default=None, help="plot title (--replot)")
+    ap.add_argument("--replot", metavar="JSON", default=None,
+                    help="only draw the plots again from a .json this command wrote (no measuring)")
+    ap.add_argument("--by", choices=["label", "method"], default="label",
+                    help="a curve per run label, or per method with its Pareto frontier (headline plots)")
     args = ap.parse_args(argv)
     args.argv = argv
+    if args.replot:
+        data = json.loads(Path(args.replot).read_text())
+        pts = data["points"]
+        metric = next(k for k in ("accuracy", "f1", "mcc", "pearson") if k in pts[0])
+        plot_points(pts, metric, Path(args.out), args.title or Path(args.replot).stem, "cpu", by=args.by)
+        print(f"wrote {Path(args.out).with_suffix('.png')} and {Path(args.out).parent / (Path(args.out).name + '_speed.png')}")
+        return 0
     try:
         return run(args)
     except DyntokError as e:

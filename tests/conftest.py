@@ -36,7 +36,7 @@ def tokenizer(minilm_path):
 @pytest.fixture
 def tiny_model():
     """A tiny random BERT classifier in eval mode (3 layers, d=32)."""
-    from dyntok.model import DynTokModel
+    from dyntok.core.model import DynTokModel
 
     torch.manual_seed(0)
     return DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT).eval()

@@ -11,15 +11,15 @@ import torch
 
 from dyntok.bench import (
     DEFAULT_MODEL,
-    best_pass_ms,
     load_checkpoint,
     load_texts,
     main,
     make_batches,
     run_benchmark,
 )
+from dyntok.core.model import DynTokModel, resolve_pretrained
 from dyntok.errors import CheckpointError, ConfigError, DataError, DyntokError
-from dyntok.model import DynTokModel, resolve_pretrained
+from dyntok.evaluation.timing import best_pass_ms
 
 TINY = dict(hidden_size=16, num_attention_heads=2, intermediate_size=32, num_hidden_layers=2)
 SMALL_RUN = dict(num_examples=6, batch_size=4, warmup=1, repeats=2, progress=False)
@@ -150,7 +150,7 @@ def test_best_pass_ms_takes_the_fastest_pass_per_example():
 
 
 def test_peak_memory_counts_what_the_call_allocates_not_what_was_resident():
-    from dyntok.bench import peak_memory_mb
+    from dyntok.evaluation.timing import peak_memory_mb
 
     try:
         peak_memory_mb(lambda: None)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dyntok.compare import _goals, main
-from dyntok.search import envelope_at
+from dyntok.evaluation.frontier import envelope_at
 from tests.test_run import TINY, _run
 
 
@@ -76,8 +76,8 @@ def test_compare_measures_every_method_on_tiny_runs(tmp_path):
     fixed = [p for p in data["points"] if p["label"] == "fixed"]
     assert len(fixed) == 1 and fixed[0]["method"] == "lengthdrop" and fixed[0]["macs_ratio"] < 0.9
     # memory, in a fresh process: the resident model, data and framework, and what evaluating adds
-    from dyntok.checkpoint import run_checkpoint
     from dyntok.compare import _inference_memory
+    from dyntok.methods.checkpoint import run_checkpoint
 
     mem = _inference_memory(str(run_checkpoint(runs / "full")), "test", None, 8, 16)
     assert mem["rss_mb"] > 100 and 0 <= mem["inference_mb"] < mem["rss_mb"]

@@ -15,7 +15,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dyntok import data as data_mod
 from dyntok.data import (
     BucketBatchSampler,
     DynTokDataModule,
@@ -23,8 +22,9 @@ from dyntok.data import (
     read_glue_tsv,
     stratified_pick,
 )
+from dyntok.data import datamodule as data_mod
+from dyntok.data.tasks import get_task
 from dyntok.errors import ConfigError, DataError
-from dyntok.tasks import get_task
 
 GLUE = Path(__file__).parent / "data" / "glue"
 

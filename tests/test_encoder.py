@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dyntok.encoder import rank_of, select_tokens, significance_scores
-from dyntok.lengths import LengthConfig
-from dyntok.model import DynTokModel
+from dyntok.core.attention import rank_of, select_tokens, significance_scores
+from dyntok.core.lengths import LengthConfig
+from dyntok.core.model import DynTokModel
 
 
 def _batch(tokenizer, texts):
@@ -252,7 +252,7 @@ def test_bad_lengths_shape_raises(tiny_model, tokenizer):
 @pytest.mark.parametrize("include_diagonal", [True, False])
 @pytest.mark.parametrize("chunk_bytes", [64, 1 << 30])
 def test_chunked_attention_equals_one_big_softmax(include_diagonal, chunk_bytes):
-    from dyntok.encoder import attention_with_scores
+    from dyntok.core.attention import attention_with_scores
 
     torch.manual_seed(0)
     B, H, K, dh = 3, 4, 9, 8
@@ -305,7 +305,7 @@ def test_last_layer_pickup_runs_the_last_layer_on_every_position(tokenizer):
 
 
 def test_last_layer_pickup_macs_by_hand():
-    from dyntok.flops import ModelDims, encoder_macs, executed_lengths, length_config_macs
+    from dyntok.core.macs import ModelDims, encoder_macs, executed_lengths, length_config_macs
 
     dims = ModelDims(num_layers=3, hidden=4, intermediate=8, num_heads=2)
     cfg = LengthConfig((6.0, 3.0, 2.0), "tokens", min_tokens=1)
@@ -323,7 +323,7 @@ def test_last_layer_pickup_macs_by_hand():
 
 
 def test_encoder_reports_what_ran_for_the_macs_of_both_restore_modes(tokenizer):
-    from dyntok.flops import ModelDims, encoder_macs, length_config_macs
+    from dyntok.core.macs import ModelDims, encoder_macs, length_config_macs
 
     b = _batch(tokenizer, TEXTS)
     real = b["attention_mask"].sum(1)
@@ -342,7 +342,7 @@ def test_prefix_cache_gives_the_uncached_logits_exactly(tokenizer):
     classification and for span with both restore modes, cached or not, in any order."""
     import random
 
-    from dyntok.prefix_cache import PrefixCache
+    from dyntok.core.prefix_cache import PrefixCache
     from tests.conftest import TINY_BERT
 
     texts = TEXTS + ["an honest, quiet film that earns every one of its small moments", "no"]

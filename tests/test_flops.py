@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-from dyntok.errors import ConfigError
-from dyntok.flops import (
+from dyntok.core.lengths import LengthConfig
+from dyntok.core.macs import (
     MacsReport,
     ModelDims,
     batch_macs,
@@ -23,8 +23,8 @@ from dyntok.flops import (
     model_macs,
     padded_macs,
 )
-from dyntok.lengths import LengthConfig
-from dyntok.model import DynTokModel
+from dyntok.core.model import DynTokModel
+from dyntok.errors import ConfigError
 
 TINY = ModelDims(num_layers=2, hidden=4, intermediate=8, num_heads=2, num_labels=3)
 BERT_BASE = ModelDims(num_layers=12, hidden=768, intermediate=3072, num_heads=12, vocab=30522)

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from dyntok.core.gates import RankGates
+from dyntok.core.model import DynTokModel
 from dyntok.errors import ConfigError
-from dyntok.gates import RankGates
-from dyntok.model import DynTokModel
 from tests.conftest import TINY_BERT
 from tests.test_run import TINY, _run
 
@@ -38,7 +38,7 @@ def test_closed_gates_train_as_the_physical_drop(tokenizer):
 
 def test_a_half_open_gate_halves_the_keys_attention(tokenizer):
     """g = 0.5 on rank k: that key's attention probabilities in the next layer are halved, then renormalised."""
-    from dyntok.encoder import attention_with_scores
+    from dyntok.core.attention import attention_with_scores
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
@@ -177,7 +177,7 @@ def test_token_sparsity_is_the_share_of_tokens_hard_inference_keeps(tokenizer):
 def test_gated_out_tokens_leave_the_significance_queries(tokenizer):
     """Layer 2 ranks its tokens by the attention of the tokens still present: a token gated out after
     layer 1 no longer adds its attention row to the scores (it is gone at inference)."""
-    from dyntok.encoder import attention_with_scores
+    from dyntok.core.attention import attention_with_scores
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
@@ -297,8 +297,8 @@ def test_gates_training_run_writes_learned_configuration(tmp_path, scale):
 
 
 def _gates_module(**kw):
+    from dyntok.data.tasks import get_task
     from dyntok.methods.gates import GatesModule
-    from dyntok.tasks import get_task
 
     torch.manual_seed(0)
     model = DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT)

@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dyntok.core.model import DynTokModel
+from dyntok.data.tasks import get_task
 from dyntok.methods.lengthdrop import LengthDropModule, distillation_loss
-from dyntok.model import DynTokModel
-from dyntok.tasks import get_task
 from tests.conftest import TINY_BERT
 from tests.test_run import TINY, _run
 

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dyntok.core.lengths import LengthConfig
 from dyntok.errors import ConfigError
-from dyntok.lengths import LengthConfig
 
 
 def test_ratio_resolves_against_real_length():

@@ -16,14 +16,20 @@ import numpy as np
 import pytest
 import torch
 
-from dyntok.callbacks import AtomicCheckpointIO, FiniteLossGuard, LastCheckpoint, NumericalError, RngState
-from dyntok.checkpoint import check_resumable, load_init_weights
+from dyntok.core.model import DynTokModel
+from dyntok.data.tasks import get_task
 from dyntok.errors import CheckpointError, ConfigError
+from dyntok.methods.callbacks import (
+    AtomicCheckpointIO,
+    FiniteLossGuard,
+    LastCheckpoint,
+    NumericalError,
+    RngState,
+)
+from dyntok.methods.checkpoint import check_resumable, load_init_weights
 from dyntok.methods.full import FullFineTuning
 from dyntok.methods.gates import GatesModule
 from dyntok.methods.lengthdrop import LengthDropModule
-from dyntok.model import DynTokModel
-from dyntok.tasks import get_task
 from tests.conftest import TINY_BERT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +164,7 @@ RESUME_CASES = {
 
 def _recorded(overrides: list[str], run_dir: Path, out: Path, ckpt_path: Path | None = None) -> dict:
     """Train in this process with a :class:`tests.callbacks.Recorder`; the results record."""
-    from dyntok.run import train
+    from dyntok.methods.train import train
     from tests.test_run import _compose
 
     rec = ["+callbacks.rec._target_=tests.callbacks.Recorder", f"+callbacks.rec.out={out}",
@@ -412,7 +418,7 @@ def test_evaluate_reproduces_the_runs_test_metrics(tiny_run):
 def test_run_checkpoint_picks_what_the_run_tested(tmp_path):
     import json as _json
 
-    from dyntok.checkpoint import run_checkpoint
+    from dyntok.methods.checkpoint import run_checkpoint
 
     run = tmp_path / "run"
     ckpts = run / "checkpoints"
@@ -443,7 +449,7 @@ def test_run_checkpoint_picks_what_the_run_tested(tmp_path):
 
 def test_another_runs_rank_gates_drive_inference(tiny_run, tmp_path):
     import dyntok
-    from dyntok.gates import RankGates
+    from dyntok.core.gates import RankGates
 
     model = dyntok.load(tiny_run)
     L = model.module.model.num_layers

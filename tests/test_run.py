@@ -12,6 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import dyntok.run  # noqa: F401  (registers the typed config nodes the YAML files extend)
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "dyntok" / "conf"
 GLUE = ROOT / "tests" / "data" / "glue"
@@ -42,9 +44,9 @@ def test_every_option_composes_and_resolves(group):
 
 def test_every_method_and_task_instantiates_against_the_code():
     """Method configs name real classes and only arguments they take; task names exist in the registry."""
-    from dyntok.model import DynTokModel
-    from dyntok.run import build_method
-    from dyntok.tasks import get_task
+    from dyntok.core.model import DynTokModel
+    from dyntok.data.tasks import get_task
+    from dyntok.methods.build import build_method
     from tests.conftest import TINY_BERT
 
     for task_name in group_options("task"):

@@ -24,10 +24,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import dyntok.run  # noqa: F401  (registers the typed config nodes the YAML files extend)
+from dyntok.core.macs import MacsReport, ModelDims
 from dyntok.data import BucketBatchSampler, SortedBatchSampler
+from dyntok.data.tasks import get_task
 from dyntok.errors import ConfigError
-from dyntok.flops import MacsReport, ModelDims
-from dyntok.tasks import get_task
 from tests.test_data import GLUE
 from tests.test_run import CONF, ROOT, TINY, _run
 
@@ -332,7 +333,7 @@ def test_a_gates_sweep_command_runs_with_the_tiny_model(tmp_path):
 def test_plot_curves_puts_a_long_legend_beside_the_axes(tmp_path):
     import matplotlib.pyplot as plt
 
-    from dyntok.report import plot_curves
+    from dyntok.evaluation.plots import plot_curves
 
     def curves(n):
         return {f"run {i}": [(0.1 * k, 0.5 + 0.01 * i + 0.02 * k) for k in range(1, 5)] for i in range(n)}

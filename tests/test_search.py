@@ -9,18 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dyntok.errors import ConfigError
-from dyntok.search import (
-    EvolutionarySearch,
+from dyntok.evaluation.frontier import (
     Point,
-    SearchStore,
     best_under_budget,
     compare_to_curve,
-    constant_ratio_gene,
-    crossover,
-    mutate,
     near_frontier,
     pareto_frontier,
 )
+from dyntok.methods.evolution import EvolutionarySearch, SearchStore, constant_ratio_gene, crossover, mutate
 
 
 def monotone_gene(max_len: int = 64, layers: int = 6):
@@ -149,7 +145,7 @@ def test_store_from_another_search_is_refused(tmp_path):
 
 
 def test_initial_population_is_the_authors():
-    from dyntok.search import mean_retention, retention_spaced_genes
+    from dyntok.methods.evolution import mean_retention, retention_spaced_genes
 
     genes = retention_spaced_genes(0.2, 4, 6, 384)
     low = mean_retention(constant_ratio_gene(0.8, 6, 384, 2), 384)
@@ -166,7 +162,7 @@ def test_initial_population_is_the_authors():
 
 
 def test_each_iteration_adds_that_many_new_genes_with_distinct_parents(tmp_path, monkeypatch):
-    import dyntok.search as search
+    import dyntok.methods.evolution as search
 
     pairs = []
     real_crossover = search.crossover

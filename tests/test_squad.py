@@ -11,22 +11,21 @@ import numpy as np
 import pytest
 import torch
 
+from dyntok.core.lengths import LengthConfig
+from dyntok.core.model import DynTokModel
 from dyntok.data import DynTokDataModule, SpanSplit
+from dyntok.data.squad import answer_tokens, read_squad_json
+from dyntok.data.tasks import get_task
 from dyntok.errors import ConfigError, DataError
-from dyntok.lengths import LengthConfig
-from dyntok.model import DynTokModel
-from dyntok.squad import (
+from dyntok.evaluation.squad import (
     SpanFeatures,
     SquadMetric,
-    answer_tokens,
     best_spans,
     exact_match_score,
     f1_score,
     normalize_answer,
-    read_squad_json,
     squad_scores,
 )
-from dyntok.tasks import get_task
 from tests.conftest import TINY_BERT
 from tests.test_run import TINY, _run
 
@@ -358,7 +357,7 @@ def test_task_metrics_collection_keys_and_binding():
     metrics = get_task("squad").metrics("val/")
     with pytest.raises(RuntimeError, match="not bound"):
         metrics.update(torch.zeros(1, 10, 2), torch.tensor([0]))
-    from dyntok.squad import bind_span_metrics
+    from dyntok.evaluation.squad import bind_span_metrics
 
     bind_span_metrics(metrics, _features())
     metrics.update(_logits(10, {2: 1.0}, {3: 1.0})[None], torch.tensor([2]))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dyntok.data.tasks import TASKS, get_task
 from dyntok.errors import ConfigError
-from dyntok.tasks import TASKS, get_task
 
 GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 
@@ -100,7 +100,7 @@ def test_matthews_correlation_by_hand_binary_and_multiclass():
     # binary: tp=3 tn=2 fp=1 fn=2 -> (3*2 - 1*2) / sqrt(4 * 5 * 3 * 4)
     preds, target = [1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 1, 1, 0, 0]
     assert _score("cola", preds, target)["mcc"] == pytest.approx(4 / (4 * 5 * 3 * 4) ** 0.5, abs=1e-12)
-    from dyntok.metrics import MatthewsCorrCoef
+    from dyntok.evaluation.metrics import MatthewsCorrCoef
 
     # 3 classes, confusion [[2,1,0],[0,1,1],[1,0,1]]: c=4 s=7 t=(3,2,2) p=(3,2,2)
     # (4*7 - 17) / sqrt((49 - 17) * (49 - 17)) = 11 / 32
@@ -145,7 +145,7 @@ def test_glue_metrics_equal_scikit_learn_and_scipy_on_random_predictions():
     @settings(max_examples=60, deadline=None)
     @given(st.lists(st.integers(0, 2), min_size=2, max_size=40), st.data())
     def multiclass(target, data):
-        from dyntok.metrics import MatthewsCorrCoef
+        from dyntok.evaluation.metrics import MatthewsCorrCoef
 
         preds = data.draw(st.lists(st.integers(0, 2), min_size=len(target), max_size=len(target)))
         got = MatthewsCorrCoef(num_classes=3)(torch.tensor(preds), torch.tensor(target)).item()

@@ -1,7 +1,7 @@
 """What every method's LightningModule shares: the task model, metrics, MACs accounting, optimizer.
 
 A method subclasses :class:`TaskModule` and implements ``training_step``; it may override
-``eval_length_config`` or ``inference_forward`` (how the trained model infers), ``validation_forward``,
+``inference_forward`` and ``reported_length_config`` (how the trained model infers), ``validation_forward``,
 ``extra_parameter_groups`` (e.g. gates with their own learning rate) and ``summary`` (method-specific
 fields of ``results.json``).
 """
@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dyntok.core.lengths import LengthConfig
+from dyntok.core.macs import MacsReport, ModelDims
+from dyntok.core.model import DynTokModel, ModelOutput
+from dyntok.data.tasks import TaskSpec
 from dyntok.errors import ConfigError
-from dyntok.flops import MacsReport, ModelDims
-from dyntok.lengths import LengthConfig
-from dyntok.model import DynTokModel, ModelOutput
-from dyntok.tasks import TaskSpec
+from dyntok.methods.config import TrainingConfig
+from dyntok.options import split_options
 
 KdDirection = Literal["forward", "reverse"]
 
@@ -62,25 +64,34 @@ class TaskModule(L.LightningModule):
     Args:
         model: the task model (encoder + head).
         task: the task's :class:`TaskSpec` (metrics, problem type).
-        lr: peak learning rate of the encoder and head (AdamW, linear warm-up then linear decay).
-        weight_decay: AdamW weight decay (not on biases and LayerNorm weights).
-        warmup_ratio: share of the training steps spent warming up.
+        **options: the fields of :attr:`option_classes`: :class:`dyntok.methods.config.TrainingConfig`
+            (``lr``, ``weight_decay``, ``warmup_ratio``, ``length_config``: the configuration the trained model
+            is tested and served with, or None for the method's own rule) and the method's own (kept as
+            :attr:`options`).
+
+    Raises:
+        ConfigError: an unknown option, or one out of range (naming its ``method.`` key).
     """
 
     select_best = True
+    option_classes: tuple[type, ...] = (TrainingConfig,)
 
-    def __init__(self, model: DynTokModel, task: TaskSpec, lr: float = 2e-5, weight_decay: float = 0.01,
-                 warmup_ratio: float = 0.1) -> None:
+    def __init__(self, model: DynTokModel, task: TaskSpec, **options: Any) -> None:
         super().__init__()
+        training, *own = split_options(options, self.option_classes, "method")
+        self.options = own[0] if own else None
         self.model = model
         self.task = task
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.warmup_ratio = warmup_ratio
+        self.lr, self.weight_decay, self.warmup_ratio = training.lr, training.weight_decay, training.warmup_ratio
+        self.length_config: LengthConfig | None = (
+            LengthConfig.parse(training.length_config, model.num_layers, "length_config")
+            if training.length_config is not None else None)
         self.dims = ModelDims.from_encoder(model.encoder, num_labels=model.num_labels)
         self.val_metrics = task.metrics(prefix="val/")
         self.test_metrics = nn.ModuleList([task.metrics(prefix=f"{s}/") for s in task.test_splits])
-        self._macs: dict[str, MacsReport] = {}
+        # MACs of the validation and report splits, summed over DDP processes by torchmetrics
+        self.val_macs = MacsReport(self.dims, problem=task.problem)
+        self.test_macs = nn.ModuleList([MacsReport(self.dims, problem=task.problem) for _ in task.test_splits])
         self.test_results: dict[str, dict[str, float]] = {}
 
     # ---- forward and loss -------------------------------------------------------------------------
@@ -119,33 +130,34 @@ class TaskModule(L.LightningModule):
 
     def _bind_span(self, metrics, split: str, datamodule=None) -> None:
         if self.task.problem == "span":
-            from dyntok.squad import bind_span_metrics
+            from dyntok.evaluation.squad import bind_span_metrics
 
             dm = datamodule if datamodule is not None else self.trainer.datamodule
             bind_span_metrics(metrics, dm.span_features(split))
 
     def setup(self, stage: str) -> None:
+        for rep in (self.val_macs, *self.test_macs):  # the padded baseline's length: the DataModule's
+            rep.max_length = self._max_length()
         # Span metrics post-process per question: they need the split's windows and questions.
         if self.task.problem == "span":
             self._bind_span(self.val_metrics, "validation")
             for split, metrics in zip(self.task.test_splits, self.test_metrics, strict=True):
                 self._bind_span(metrics, split)
 
-    def eval_length_config(self) -> LengthConfig | None:
-        """The length configuration used at evaluation, when it is one fixed configuration."""
-        return None
+    def reported_length_config(self) -> LengthConfig | None:
+        """The configuration results report: :attr:`length_config`, or what the method's own rule amounts to
+        (gates: the learned one at ``max_length``); None for the full model."""
+        return self.length_config
 
     def inference_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        """The forward of this method's own inference rule: :meth:`eval_length_config` (None: every token).
-        Methods with a per-example rule (hard gates) override it."""
-        cfg = self.eval_length_config()
-        return self(batch, lengths=cfg.resolve(batch["attention_mask"].sum(1)) if cfg is not None else None)
+        """The forward of this method's own inference rule when no :attr:`length_config` is set: every token;
+        methods with a per-example rule (hard gates) override it."""
+        return self(batch)
 
     def infer(self, batch: dict[str, torch.Tensor], length_config: LengthConfig | None = None) -> ModelOutput:
         """The forward this trained model serves with (test split, ``dyntok.load``, the benchmark):
-        ``length_config`` when given, else the run's ``eval_length_config=`` override, else
-        :meth:`inference_forward`."""
-        cfg = length_config if length_config is not None else getattr(self, "fixed_eval_config", None)
+        ``length_config`` when given, else :attr:`length_config`, else :meth:`inference_forward`."""
+        cfg = length_config if length_config is not None else self.length_config
         if cfg is not None:
             return self(batch, lengths=cfg.resolve(batch["attention_mask"].sum(1)))
         return self.inference_forward(batch)
@@ -155,13 +167,11 @@ class TaskModule(L.LightningModule):
         return self(batch)
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, torch.Tensor], metrics, split: str) -> torch.Tensor:
+    def _eval_step(self, batch: dict[str, torch.Tensor], metrics, macs: MacsReport) -> torch.Tensor:
         out = self.infer(batch) if self.trainer.testing else self.validation_forward(batch)
         loss = self.task_loss(out.logits, batch["labels"])
         self.update_metrics(metrics, out.logits, batch)
-        rep = self._macs.setdefault(
-            split, MacsReport(self.dims, max_length=self._max_length(), problem=self.task.problem))
-        rep.update(out.encoder.input_lengths, out.encoder.kept, inputs=out.encoder.inputs)
+        macs.update(out.encoder.input_lengths, out.encoder.kept, inputs=out.encoder.inputs)
         return loss
 
     def _max_length(self) -> int:
@@ -170,25 +180,28 @@ class TaskModule(L.LightningModule):
         return int(hp.get("max_length", 0) or self.model.encoder.config.max_position_embeddings)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss = self._eval_step(batch, self.val_metrics, "val")
+        loss = self._eval_step(batch, self.val_metrics, self.val_macs)
         self.log("val/loss", loss, batch_size=batch["input_ids"].size(0), sync_dist=True)
+
+    def _fresh_eval_states(self, *metrics) -> None:
+        # reset() gives each metric new state tensors: under ddp_spawn the module's tensors arrive in shared
+        # memory, and in-place updates of shared states would add every process's batches into one tensor
+        for m in metrics:
+            m.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self._fresh_eval_states(self.val_metrics, self.val_macs)
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
-        rep = self._synced_macs("val")
-        if rep.examples:
-            self.log_dict({f"val/{k}": float(v) for k, v in rep.compute().items()}, sync_dist=True)
-
-    def _synced_macs(self, split: str) -> MacsReport:
-        """The split's MACs totals summed over the DDP processes (torchmetrics syncs the metrics themselves);
-        every process joins the reduction, with or without batches of its own."""
-        rep = self._macs.pop(split, None)
-        if rep is None:
-            rep = MacsReport(self.dims, max_length=self._max_length(), problem=self.task.problem)
-        return rep.reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), device=self.device)
+        macs = self.val_macs.compute()  # every process joins the sync, with or without batches of its own
+        if macs["examples"]:
+            self.log_dict({f"val/{k}": float(v) for k, v in macs.items() if k != "examples"})
+        self.val_macs.reset()
 
     def on_test_start(self) -> None:
+        self._fresh_eval_states(*self.test_metrics, *self.test_macs)
         # Under DDP ``after_fit`` may have run on rank zero alone (the LengthDrop search): give every process
         # what rank zero chose (what a checkpoint records, e.g. the length configuration) before testing.
         if self.trainer.world_size > 1:
@@ -200,32 +213,35 @@ class TaskModule(L.LightningModule):
                 self.on_load_checkpoint(state)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        split = self.task.test_splits[dataloader_idx]
-        self._eval_step(batch, self.test_metrics[dataloader_idx], split)
+        self._eval_step(batch, self.test_metrics[dataloader_idx], self.test_macs[dataloader_idx])
 
     def on_test_epoch_end(self) -> None:
         self.test_results = {}
         for i, split in enumerate(self.task.test_splits):
             vals = {k.split("/", 1)[1]: float(v) for k, v in self.test_metrics[i].compute().items()}
             self.test_metrics[i].reset()
-            rep = self._synced_macs(split)
-            if rep.examples:
-                vals.update({k: float(v) for k, v in rep.compute().items()})
+            rep = self.test_macs[i]
+            macs = rep.compute()
+            if macs["examples"]:  # the count over every process (rep.examples is this one's after compute)
+                examples = macs.pop("examples")
+                vals.update(macs)
                 vals["paper_macs_ratio"] = self.paper_macs_ratio()
-                vals["examples"] = rep.examples
+                vals["examples"] = examples
+            rep.reset()
             self.test_results[split] = vals
-            # float64: under ddp_spawn these logged values are how the results reach the main process
+            # float64: under ddp_spawn these logged values are how the results reach the main process; not
+            # synced again (the metrics and MACs above already cover every process)
             self.log_dict({f"{split}/{k}": torch.tensor(v, dtype=torch.float64, device=self.device)
-                           for k, v in vals.items()}, add_dataloader_idx=False, sync_dist=True)
+                           for k, v in vals.items()}, add_dataloader_idx=False, rank_zero_only=True)
 
     def paper_macs_ratio(self) -> float:
         """The tested configuration's encoder MACs on one input padded to ``max_length`` over the full model's
         there: the papers' count (the LAT code's torchprofile on an all-ones input; PoWER-BERT). It counts
         padding that dyntok never runs; ``padded_macs_ratio`` is what dyntok executes against that baseline."""
-        from dyntok.flops import length_config_macs
+        from dyntok.core.macs import length_config_macs
 
         L = self.model.num_layers
-        cfg = getattr(self, "fixed_eval_config", None) or self.eval_length_config() or LengthConfig.full(L)
+        cfg = self.reported_length_config() or LengthConfig.full(L)
         n, restore = torch.tensor([self._max_length()]), self.model.restore_mode
         return float(length_config_macs(self.dims, cfg, n, restore=restore)
                      / length_config_macs(self.dims, LengthConfig.full(L), n, restore=restore))
@@ -236,12 +252,13 @@ class TaskModule(L.LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------------
     def extra_parameter_groups(self) -> list[dict[str, Any]]:
-        """Parameter groups beyond the encoder and head (e.g. gates with their own learning rate)."""
+        """Parameter groups beyond the encoder and head (e.g. gates with their own learning rate); a group's
+        ``schedule`` is ``linear`` (warm-up then linear decay, the default) or ``constant``."""
         return []
 
     def configure_optimizers(self):
-        from transformers import get_linear_schedule_with_warmup
-
+        """AdamW over the encoder and head (weight decay except on biases and LayerNorm weights) and the
+        method's own groups, each on its ``schedule`` (one ``LambdaLR``)."""
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
@@ -252,11 +269,19 @@ class TaskModule(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
             *self.extra_parameter_groups(),
         ]
-        opt = torch.optim.AdamW(groups, lr=self.lr)
+        opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "schedule"} for g in groups], lr=self.lr)
         total = int(self.trainer.estimated_stepping_batches)
         if not math.isfinite(total) or total <= 0:
             total = 1
-        sched = get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * total), total)
+        warmup = int(self.warmup_ratio * total)
+
+        def linear(step: int) -> float:  # transformers' get_linear_schedule_with_warmup
+            if step < warmup:
+                return step / max(1, warmup)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        schedules = {"linear": linear, "constant": lambda _step: 1.0}
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, [schedules[g.get("schedule", "linear")] for g in groups])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- lifecycle hooks --------------------------------------------------------------------------
@@ -314,5 +339,5 @@ class TaskModule(L.LightningModule):
     # ---- reporting -------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """Method-specific fields for ``results.json`` (learned length configuration, gate statistics)."""
-        cfg = getattr(self, "fixed_eval_config", None) or self.eval_length_config()
+        cfg = self.reported_length_config()
         return {"length_config": cfg.to_dict() if cfg is not None else None}

@@ -1,6 +1,6 @@
 """``method=gates``: trainable rank gates with a bi-modal regularizer (Jeong & Kwak 2021).
 
-loss = task_loss + lambda * R_sparse + mu * R_bimodal (see :mod:`dyntok.gates`); gates have their own
+loss = task_loss + lambda * R_sparse + mu * R_bimodal (see :mod:`dyntok.core.gates`); gates have their own
 learning rate. Validation and test run the hard gates with physical token removal, so the checkpoint's
 reported accuracy and MACs are what inference costs: a layer keeps exactly the tokens of the ranks whose
 gate is open, the tokens the straight-through training forward keeps.
@@ -11,15 +11,17 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from lightning.pytorch.loggers import WandbLogger
 
+from dyntok.core.gates import RankGates
+from dyntok.core.lengths import LengthConfig
+from dyntok.core.model import ModelOutput
 from dyntok.errors import ConfigError
-from dyntok.gates import RankGates
-from dyntok.lengths import LengthConfig
 from dyntok.methods.base import TaskModule, distillation_loss
-from dyntok.model import ModelOutput
+from dyntok.methods.config import GatesConfig, TrainingConfig
 
 log = logging.getLogger("dyntok")
 
@@ -30,69 +32,42 @@ class GatesModule(TaskModule):
     The final weights are tested, not the best-by-accuracy checkpoint: lambda sets the trade-off, and an
     earlier checkpoint with more gates open would undo it.
 
-    Args:
-        regularizer: ``{"lambda": float >= 0, "mu": float >= 0}`` from the ``regularizer`` config group.
-        gate_lr: learning rate of the gates (Adam, no weight decay, constant).
-        max_length: T_max, the number of ranks gated (``data.max_length``).
-        rank_scale, rank_bins: ``absolute`` (a gate per rank, T_max per layer; default) or ``relative``
-            (``rank_bins`` gates per layer over the share of the input's tokens): see :class:`RankGates`.
-        parametrization, gate_init, straight_through, threshold, skip_first, min_keep: see
-            :class:`RankGates` (``min_keep``: the share of each input's tokens every gated layer keeps).
-        layer_weighting: ``linear`` (w_j = j), ``uniform`` or ``reverse`` (w_j = L - j + 1) weights of
-            R_sparse (:meth:`RankGates.layer_weights`; only ``linear`` follows PoWER-BERT).
-        freeze_gates_steps: training steps before the gates start to move (lets the head settle).
-        mu_ramp: ``[start, end]`` shares of the training steps: mu is 0 until ``start``, grows linearly to
-            its value at ``end`` and stays there (``[0, 0]``: constant mu). The gates first find what to
-            keep under lambda alone; the growing bi-modal pull then settles every gate at 0 or 1 while the
-            encoder still trains (gates hovering at the threshold are what hard inference cannot honour).
-        sparsity: ``gates`` (R_sparse on the gate vectors, usage-weighted, :meth:`RankGates.regularizers`)
-            or ``tokens`` (the same L1 on the masks the tokens see, :meth:`RankGates.token_sparsity`:
-            the share of tokens present after each layer, which MACs follow; pair it with
-            ``layer_weighting=uniform``). Not in the paper's text as read: an option.
-        distill: weight alpha in [0, 1] of distillation from the fine-tuned model (``init_from``), which
-            stays frozen and runs at full length: task term = (1 - alpha) * task_loss + alpha *
-            KL(teacher || student). Not in the paper (an option, off by default); it costs one no-grad
-            full-length forward per step.
-        Other arguments: :class:`TaskModule`.
+    Options (:class:`dyntok.methods.config.GatesConfig`, their units and defaults; with
+    :class:`~dyntok.methods.config.TrainingConfig`'s): ``regularizer`` ``{lambda, mu}`` from the regularizer
+    group; ``gate_lr`` and ``gate_lr_schedule`` (the gates' own learning rate); ``max_length`` (T_max, ranks
+    gated); ``rank_scale``, ``rank_bins``, ``parametrization``, ``gate_init``, ``straight_through``,
+    ``threshold``, ``skip_first``, ``min_keep`` (:class:`~dyntok.core.gates.RankGates`);
+    ``layer_weighting`` (w_j of R_sparse: :meth:`RankGates.layer_weights`); ``freeze_gates_steps``;
+    ``mu_ramp`` ([start, end] shares of the training steps: mu is 0 until start, grows linearly to its value at
+    end and stays: the gates first find what to keep under lambda alone, then the growing bi-modal pull settles
+    every gate at 0 or 1 while the encoder still trains); ``sparsity`` (``gates``: R_sparse on the gate vectors,
+    :meth:`RankGates.regularizers`; ``tokens``: the same L1 on the masks the tokens see,
+    :meth:`RankGates.token_sparsity`); ``distill`` (alpha: task term = (1 - alpha) task_loss + alpha
+    KL(teacher || student) from the frozen ``init_from`` model at full length; not in the paper).
 
     Raises:
-        ConfigError: a negative lambda or mu, or a bad gate option (names the config key); ``distill`` > 0
-            without ``init_from`` (raised before training).
+        ConfigError: an option out of range (names the config key); ``distill`` > 0 without ``init_from``
+            (raised before training).
     """
 
     select_best = False
+    option_classes = (TrainingConfig, GatesConfig)
 
-    def __init__(self, *args: Any, regularizer: dict[str, float], gate_lr: float = 2e-3, max_length: int = 128,
-                 parametrization: Literal["clip", "sigmoid"] = "clip", gate_init: float = 1.0,
-                 straight_through: bool = False, threshold: float = 0.5, skip_first: int = 0,
-                 layer_weighting: Literal["linear", "uniform", "reverse"] = "linear", freeze_gates_steps: int = 0,
-                 mu_ramp: tuple[float, float] = (0.0, 0.0), distill: float = 0.0,
-                 sparsity: Literal["gates", "tokens"] = "gates",
-                 rank_scale: Literal["absolute", "relative"] = "absolute", rank_bins: int = 20,
-                 min_keep: float = 0.0, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        lam, mu = float(regularizer.get("lambda", 0.0)), float(regularizer.get("mu", 0.0))
-        if lam < 0 or mu < 0:
-            raise ConfigError(f"regularizer.lambda and regularizer.mu must be >= 0, got {lam} and {mu}")
-        if len(mu_ramp) != 2 or not 0.0 <= mu_ramp[0] <= mu_ramp[1] <= 1.0:
-            raise ConfigError(f"method.mu_ramp must be [start, end] with 0 <= start <= end <= 1, got {mu_ramp}")
-        if sparsity not in ("gates", "tokens"):
-            raise ConfigError(f"method.sparsity must be 'gates' or 'tokens', got {sparsity!r}")
-        if not 0.0 <= distill <= 1.0:
-            raise ConfigError(f"method.distill must be in [0, 1], got {distill}")
-        self.lam, self.mu = lam, mu
-        self.distill = float(distill)
-        self.sparsity = sparsity
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        o: GatesConfig = self.options
+        self.lam, self.mu = float(o.regularizer.get("lambda", 0.0)), float(o.regularizer.get("mu", 0.0))
+        self.distill = float(o.distill)
+        self.sparsity = o.sparsity
         # The frozen fine-tuned model (distill > 0); kept out of the state dict and the optimizer.
         object.__setattr__(self, "teacher", None)
-        self.gate_lr = gate_lr
-        self.layer_weighting = layer_weighting
-        self.freeze_gates_steps = freeze_gates_steps
-        self.mu_ramp = (float(mu_ramp[0]), float(mu_ramp[1]))
-        self.gates = RankGates(self.model.num_layers, max_length, parametrization, gate_init, straight_through,
-                               threshold, skip_first, fixed_first=self.model.keep_cls, rank_scale=rank_scale,
-                               bins=rank_bins, min_keep=min_keep)
-        self.gates.layer_weights(layer_weighting)  # its ConfigError now, not at the first step
+        self.gate_lr = o.gate_lr
+        self.layer_weighting = o.layer_weighting
+        self.freeze_gates_steps = o.freeze_gates_steps
+        self.mu_ramp = (float(o.mu_ramp[0]), float(o.mu_ramp[1]))
+        self.gates = RankGates(self.model.num_layers, o.max_length, o.parametrization, o.gate_init,
+                               o.straight_through, o.threshold, o.skip_first, fixed_first=self.model.keep_cls,
+                               rank_scale=o.rank_scale, bins=o.rank_bins, min_keep=o.min_keep)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         real = batch["attention_mask"].sum(1)
@@ -168,26 +143,19 @@ class GatesModule(TaskModule):
     def validation_forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         return self.inference_forward(batch)
 
-    def eval_length_config(self) -> LengthConfig:
-        return self.gates.length_config(self.gates.max_length)
+    def reported_length_config(self) -> LengthConfig:
+        """:attr:`length_config`, else the learned configuration at ``max_length`` tokens (hard gates)."""
+        return self.length_config or self.gates.length_config(self.gates.max_length)
 
     def extra_parameter_groups(self) -> list[dict[str, Any]]:
-        return [{"params": [self.gates.theta], "lr": self.gate_lr, "weight_decay": 0.0, "constant_lr": True}]
-
-    def configure_optimizers(self):
-        conf = super().configure_optimizers()
-        sched = conf["lr_scheduler"]["scheduler"]
-        # The gates keep their own constant learning rate; the encoder follows warm-up and decay.
-        for i, group in enumerate(sched.optimizer.param_groups):
-            if group.get("constant_lr"):
-                sched.lr_lambdas[i] = lambda _step: 1.0
-        return conf
+        return [{"params": [self.gates.theta], "lr": self.gate_lr, "weight_decay": 0.0,
+                 "schedule": self.options.gate_lr_schedule}]
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         self.log_dict({f"val/{k}": v for k, v in self.gates.stats().items()})
         logger = self.logger
-        if logger is not None and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+        if isinstance(logger, WandbLogger):
             import wandb
 
             g = self.gates.values().detach().cpu()

@@ -17,13 +17,14 @@ longest executes more than it is charged (see :func:`batch_macs` for what a padd
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torchmetrics
 
+from dyntok.core.lengths import LengthConfig
 from dyntok.errors import ConfigError
-from dyntok.lengths import LengthConfig
 
 
 @dataclass(frozen=True)
@@ -47,21 +48,8 @@ class ModelDims:
     num_labels: int = 2
 
     @classmethod
-    def from_config(cls, hf_config: Any, num_labels: int = 2) -> ModelDims:
-        """From a Hugging Face BERT/RoBERTa/DistilBERT config."""
-        c = hf_config
-        return cls(
-            num_layers=getattr(c, "num_hidden_layers", None) or c.n_layers,
-            hidden=getattr(c, "hidden_size", None) or c.dim,
-            intermediate=getattr(c, "intermediate_size", None) or c.hidden_dim,
-            num_heads=getattr(c, "num_attention_heads", None) or c.n_heads,
-            vocab=getattr(c, "vocab_size", None),
-            num_labels=num_labels,
-        )
-
-    @classmethod
     def from_encoder(cls, enc: Any, num_labels: int = 2) -> ModelDims:
-        """From a :class:`dyntok.encoder.TokenDroppingEncoder`, or a :class:`dyntok.model.DynTokModel`
+        """From a :class:`dyntok.core.encoder.TokenDroppingEncoder`, or a :class:`dyntok.core.model.DynTokModel`
         (whose ``num_labels`` then wins)."""
         if hasattr(enc, "encoder") and hasattr(enc, "num_labels"):
             enc, num_labels = enc.encoder, enc.num_labels
@@ -170,7 +158,7 @@ def batch_macs(dims: ModelDims, padded_length: int, kept: torch.Tensor) -> torch
 def executed_lengths(cfg: LengthConfig, input_lengths: torch.Tensor, restore: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, kept), each (B, L): the tokens entering and leaving each layer when ``cfg`` runs on inputs of
-    these real lengths, as :meth:`dyntok.encoder.TokenDroppingEncoder.forward` executes it
+    these real lengths, as :meth:`dyntok.core.encoder.TokenDroppingEncoder.forward` executes it
     (``restore="last_layer"``: the last layer takes and keeps every token)."""
     n = input_lengths.to(torch.long).cpu()
     kept = cfg.resolve(n)
@@ -199,118 +187,116 @@ def length_config_macs(
     return model_macs(dims, input_lengths, kept, problem, inputs=inputs)
 
 
-@dataclass
-class MacsReport:
-    """Accumulates MACs over evaluation batches, against both baselines.
+class MacsReport(torchmetrics.Metric):
+    """Accumulates MACs over evaluation batches, against both baselines, as a torchmetrics metric: its sums
+    are states reduced over DDP processes on ``compute()``.
 
     Args:
         dims: model sizes.
         max_length: the padded length of the papers' baseline; None leaves the padded ratio out (NaN).
         problem: count the task head too (:func:`model_macs`); None counts the encoder only, as the
             papers do (BERT-base 35.33 G at 384 tokens, LA-MiniLM 4.76 G). Baselines count the same parts.
+        **kwargs: torchmetrics' (e.g. ``sync_on_compute=False`` for one process alone).
+
+    Raises:
+        ConfigError: an unknown ``problem``.
     """
 
-    dims: ModelDims
-    max_length: int | None = None
-    problem: str | None = None
-    total: float = 0.0
-    total_full: float = 0.0
-    total_padded: float = 0.0
-    examples: int = 0
-    input_tokens: float = 0.0
-    # (L,) real tokens kept after each layer, summed over the examples
-    kept_tokens: list[float] = field(default_factory=list)
+    full_state_update = False
+    higher_is_better = None
+    is_differentiable = False
 
-    def __post_init__(self) -> None:
-        if self.problem is not None:
-            head_macs(self.dims, torch.ones(1), self.problem)  # raises ConfigError naming a bad problem
+    def __init__(self, dims: ModelDims, max_length: int | None = None, problem: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if problem is not None:
+            head_macs(dims, torch.ones(1), problem)  # raises ConfigError naming a bad problem
+        self.dims, self.max_length, self.problem = dims, max_length, problem
+        zero = torch.zeros((), dtype=torch.float64)
+        for name in ("total", "total_full", "total_padded", "examples_f", "input_tokens"):
+            self.add_state(name, default=zero.clone(), dist_reduce_fx="sum")
+        # (L,) real tokens kept after each layer, summed over the examples
+        self.add_state("kept_tokens", default=torch.zeros(dims.num_layers, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(
-        self, input_lengths: torch.Tensor, kept: torch.Tensor, skipped: Sequence[bool] | None = None,
-        inputs: torch.Tensor | None = None,
-    ) -> None:
+    def update(self, input_lengths: torch.Tensor, kept: torch.Tensor, skipped: Sequence[bool] | None = None,
+               inputs: torch.Tensor | None = None) -> None:
         """Add a batch: (B,) real input lengths and the encoder's (B, L) executed kept counts (and the tokens
         entering each layer, ``EncoderOutput.inputs``, where that is not the previous layer's kept count)."""
         n = input_lengths.detach().cpu()
-        self.total += encoder_macs(self.dims, n, kept.detach().cpu(), skipped, inputs).sum().item() + self._head(n)
-        self.total_full += full_macs(self.dims, n).sum().item() + self._head(n)
+        dev = self.total.device
+        head = self._head(n)
+        self.total += float(encoder_macs(self.dims, n, kept.detach().cpu(), skipped, inputs).sum()) + head
+        self.total_full += float(full_macs(self.dims, n).sum()) + head
         if self.max_length is not None:
             padded = torch.full_like(n, self.max_length)
-            self.total_padded += full_macs(self.dims, padded).sum().item() + self._head(padded)
-        self.examples += n.numel()
+            self.total_padded += float(full_macs(self.dims, padded).sum()) + self._head(padded)
+        self.examples_f += n.numel()
         self.input_tokens += float(n.sum())
-        per_layer = kept.detach().cpu().double().sum(0).tolist()
-        self.kept_tokens = [a + b for a, b in zip(self.kept_tokens, per_layer, strict=True)] if self.kept_tokens \
-            else per_layer
+        self.kept_tokens += kept.detach().to(device=dev, dtype=torch.float64).sum(0)
 
     def _head(self, n: torch.Tensor) -> float:
         return head_macs(self.dims, n, self.problem).sum().item() if self.problem else 0.0
 
     def merge(self, other: MacsReport) -> MacsReport:
         """Add another report's totals (e.g. from another process) into this one; returns self."""
-        self.total += other.total
-        self.total_full += other.total_full
-        self.total_padded += other.total_padded
-        self.examples += other.examples
-        self.input_tokens += other.input_tokens
-        if other.kept_tokens:
-            self.kept_tokens = [a + b for a, b in zip(self.kept_tokens or [0.0] * len(other.kept_tokens),
-                                                      other.kept_tokens, strict=True)]
+        for name in ("total", "total_full", "total_padded", "examples_f", "input_tokens", "kept_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name).to(getattr(self, name).device))
         return self
 
     def reduce(self, sum_fn: Callable[[torch.Tensor], torch.Tensor], device: Any = None) -> MacsReport:
-        """Replace the totals by their sum over processes (DDP); returns self.
-
-        ``sum_fn`` all-reduces a (4,) float64 tensor on ``device`` (e.g. ``strategy.reduce(t, reduce_op="sum")``).
-        MACs are whole numbers, so float64 sums are exact below 2**53 (9e15 MACs in all).
-        """
-        kept = self.kept_tokens or [0.0] * self.dims.num_layers  # a process without batches joins with zeros
-        t = torch.tensor([self.total, self.total_full, self.total_padded, self.examples, self.input_tokens, *kept],
-                         dtype=torch.float64, device=device)
-        self.total, self.total_full, self.total_padded, examples, self.input_tokens, *kept = sum_fn(t).cpu().tolist()
-        self.examples = int(examples)
-        self.kept_tokens = kept if self.examples else []
+        """Replace the totals by their sum over processes with ``sum_fn`` (all-reduces a float64 tensor on
+        ``device``); returns self. In a Trainer ``compute()`` does this by itself. MACs are whole numbers, so
+        float64 sums are exact below 2**53 (9e15 MACs in all)."""
+        names = ("total", "total_full", "total_padded", "examples_f", "input_tokens")
+        t = torch.cat([torch.stack([getattr(self, n) for n in names]).cpu(), self.kept_tokens.cpu()]).to(device)
+        out = sum_fn(t).cpu()
+        for k, n in enumerate(names):
+            setattr(self, n, out[k].to(self.total.device))
+        self.kept_tokens = out[len(names):].to(self.total.device)
         return self
 
-    def reset(self) -> None:
-        self.total = self.total_full = self.total_padded = self.input_tokens = 0.0
-        self.examples = 0
-        self.kept_tokens = []
+    @property
+    def examples(self) -> int:
+        return int(self.examples_f)
 
     @property
     def macs_per_example(self) -> float:
-        return self.total / self.examples if self.examples else float("nan")
+        return float(self.total) / self.examples if self.examples else float("nan")
 
     @property
     def ratio(self) -> float:
         """Executed / full model at real lengths (<= 1)."""
-        return self.total / self.total_full if self.total_full else float("nan")
+        return float(self.total / self.total_full) if self.total_full else float("nan")
 
     @property
     def padded_ratio(self) -> float:
         """Executed / full model padded to ``max_length``; NaN without ``max_length``."""
-        return self.total / self.total_padded if self.total_padded else float("nan")
+        return float(self.total / self.total_padded) if self.total_padded else float("nan")
 
     @property
     def speedup(self) -> float:
         """MACs reduction, full (real lengths) / executed: a compute ratio, not a measured speed-up."""
-        return self.total_full / self.total if self.total else float("nan")
+        return float(self.total_full / self.total) if self.total else float("nan")
 
     @property
     def retention(self) -> list[float]:
         """(L,) share of the real input tokens kept after each layer, over all examples (the executed
         length configuration as ratios; LayerDrop and per-example rules such as hard gates included)."""
-        return [k / self.input_tokens for k in self.kept_tokens] if self.input_tokens else []
+        return (self.kept_tokens / self.input_tokens).tolist() if self.input_tokens else []
 
     def compute(self) -> dict[str, float]:
-        """Plain floats, ready to log (``retention_l<j>``: :attr:`retention` of layer j, 1-based)."""
+        """Plain numbers, ready to log (``retention_l<j>``: :attr:`retention` of layer j, 1-based; ``examples``:
+        how many, an int). Under DDP they cover every process; the attributes read afterwards are this
+        process's own again (torchmetrics unsyncs after ``compute``)."""
+        n = self.examples
         return {
             "macs_per_example": self.macs_per_example,
             "gmacs_per_example": self.macs_per_example / 1e9,
-            "full_macs_per_example": self.total_full / self.examples if self.examples else float("nan"),
+            "full_macs_per_example": float(self.total_full) / n if n else float("nan"),
             "macs_ratio": self.ratio,
             "padded_macs_ratio": self.padded_ratio,
             "macs_reduction": self.speedup,
             "padded_macs_reduction": 1.0 / self.padded_ratio if self.total_padded else float("nan"),
             **{f"retention_l{j + 1}": r for j, r in enumerate(self.retention)},
+            "examples": n,
         }

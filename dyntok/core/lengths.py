@@ -15,7 +15,6 @@ Either way the resolved counts are clamped to [min(min_tokens, n), n] and made n
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -120,6 +119,21 @@ class LengthConfig:
         unit: Unit = "tokens" if any(v > 1.0 for v in vals) else "ratio"
         return cls(tuple(vals), unit)
 
+    @classmethod
+    def from_counts(cls, counts: Sequence[int], ref_length: int, unit: Unit = "ratio") -> LengthConfig:
+        """Per-layer token counts at a reference length of ``ref_length`` tokens (a search gene, a LengthDrop
+        sub-model) as a configuration of ``unit``: absolute (``tokens``, at least 2 kept, as the LAT code) or
+        the ratios count / ``ref_length`` of each input's own length (``ratio``, at least 1 kept).
+
+        Raises:
+            ConfigError: counts that are not a valid configuration (increasing, < 1), or an unknown unit.
+        """
+        if unit == "tokens":
+            return cls(tuple(float(c) for c in counts), "tokens", min_tokens=2)
+        if unit != "ratio":
+            raise ConfigError(f"length configuration unit must be 'ratio' or 'tokens', got {unit!r}")
+        return cls(tuple(min(1.0, c / ref_length) for c in counts), "ratio", min_tokens=1)
+
     def resolve(self, real_lengths: torch.Tensor) -> torch.Tensor:
         """Per-example kept counts.
 
@@ -150,15 +164,3 @@ class LengthConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"unit": self.unit, "values": list(self.values), "min_tokens": self.min_tokens}
-
-
-def tokens_to_ratios(tokens: Sequence[int], full_length: int) -> LengthConfig:
-    """Express absolute per-layer counts measured at ``full_length`` tokens as ratios of it."""
-    if full_length < 1:
-        raise ConfigError(f"full_length must be >= 1, got {full_length}")
-    return LengthConfig(tuple(min(1.0, t / full_length) for t in tokens), "ratio")
-
-
-def ceil_ratio(ratio: float, n: int) -> int:
-    """ceil(ratio * n) with the same float guard as :meth:`LengthConfig.resolve`."""
-    return max(0, math.ceil(ratio * n - 1e-6))

@@ -39,8 +39,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from dyntok.core.lengths import LengthConfig
 from dyntok.errors import ConfigError
-from dyntok.lengths import LengthConfig
 
 
 class RankGates(nn.Module):
@@ -267,7 +267,7 @@ class RankGates(nn.Module):
 
         Rank 0 ([CLS] in classification) always counts, so at least one token stays.
         """
-        from dyntok.encoder import rank_table_lengths
+        from dyntok.core.attention import rank_table_lengths
 
         real = real_lengths.long()
         if self.rank_scale == "absolute":

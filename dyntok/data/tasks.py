@@ -6,8 +6,8 @@ Metric convention (every ``TaskSpec.metrics()`` collection follows it):
   label index, i.e. the position of the raw label in ``label_names``.
 * regression: ``preds`` float (B,) (the single logit, squeezed); ``target`` float (B,).
 * span (SQuAD): ``preds`` the (B, T, 2) start/end logits of B windows, ``target`` their (B,) window numbers
-  in the split; the collection holds one :class:`dyntok.squad.SquadMetric` that must be bound to the split's
-  windows and questions (:func:`dyntok.squad.bind_span_metrics`) and computes ``exact_match`` and ``f1``.
+  in the split; the collection holds one :class:`dyntok.evaluation.squad.SquadMetric` that must be bound to the split's
+  windows and questions (:func:`dyntok.evaluation.squad.bind_span_metrics`) and computes ``exact_match`` and ``f1``.
 
 File formats (GLUE TSV columns, the movie-review CSV) live in :mod:`dyntok.data`; this module only
 says what the task is.
@@ -79,7 +79,7 @@ class TaskSpec:
             ConfigError: the task asks for a metric this problem type does not have.
         """
         if self.problem == "span":  # one metric post-processes the windows and reports all of its names
-            from dyntok.squad import SquadMetric
+            from dyntok.evaluation.squad import SquadMetric
 
             return torchmetrics.MetricCollection({"squad": SquadMetric(sync_on_compute=sync_on_compute)},
                                                  prefix=prefix)
@@ -88,8 +88,8 @@ class TaskSpec:
 
 
 def _build_metric(spec: TaskSpec, name: str, **kw) -> torchmetrics.Metric:
-    """GLUE's scorer's value in every case, degenerate ones included (:mod:`dyntok.metrics`)."""
-    from dyntok.metrics import MatthewsCorrCoef, SpearmanCorrCoef
+    """GLUE's scorer's value in every case, degenerate ones included (:mod:`dyntok.evaluation.metrics`)."""
+    from dyntok.evaluation.metrics import MatthewsCorrCoef, SpearmanCorrCoef
 
     if spec.problem == "classification":
         # binary metrics take int preds in {0, 1} as they are (no threshold on probabilities)
@@ -155,7 +155,7 @@ TASKS: dict[str, TaskSpec] = {
             name="imdb", problem="classification", num_labels=2, label_names=("0", "1"),
             text_keys=("text",), main_metric="accuracy", metric_names=("accuracy",),
         ),
-        # SQuAD v1.1: exact match and F1 of the official script, as fractions (dyntok.squad)
+        # SQuAD v1.1: exact match and F1 of the official script, as fractions (dyntok.evaluation.squad)
         TaskSpec(
             name="squad", problem="span", num_labels=2, label_names=(), text_keys=("question", "context"),
             main_metric="f1", metric_names=("exact_match", "f1"), hub=("rajpurkar/squad", "plain_text"),

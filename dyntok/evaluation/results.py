@@ -23,8 +23,10 @@ from typing import Any
 RESULTS_FILE = "results.json"
 
 
-def versions() -> dict[str, str | None]:
-    """Versions of dyntok, torch, transformers, lightning and the git commit (None outside a checkout)."""
+def environment(device: Any = None) -> dict[str, Any]:
+    """Where a result was produced: versions of dyntok, torch, transformers, Lightning and Python, the git
+    commit (None outside a dyntok checkout), the platform, CPU model, core count and torch threads, and the
+    device (its GPU's name on CUDA). ``results.json`` keeps it under ``versions``."""
     import lightning
     import torch
     import transformers
@@ -32,7 +34,7 @@ def versions() -> dict[str, str | None]:
     import dyntok
 
     commit = None
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         # a source checkout only: an installed package's folder may sit inside some other repository
         if "name = \"dyntok\"" not in (root / "pyproject.toml").read_text():
@@ -42,14 +44,30 @@ def versions() -> dict[str, str | None]:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return {
+    env: dict[str, Any] = {
         "dyntok": dyntok.__version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "lightning": lightning.__version__,
         "python": platform.python_version(),
         "git_commit": commit,
+        "platform": platform.platform(),
+        "cpu_model": None,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
     }
+    try:
+        with open("/proc/cpuinfo") as f:
+            env["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    if device is not None:
+        device = torch.device(device)
+        env["device"] = str(device)
+        if device.type == "cuda":
+            env["gpu"] = torch.cuda.get_device_name(device)
+    return env
 
 
 def _clean(x: Any) -> Any:

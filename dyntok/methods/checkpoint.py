@@ -73,6 +73,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config stored by an earlier dyntok in today's form (a copy): gates runs before the method node
+    carried its ``regularizer`` took it from the top-level group."""
+    import copy
+
+    config = copy.deepcopy(config)
+    method = config.get("method") or {}
+    if method.get("name") == "gates" and "regularizer" not in method and "regularizer" in config:
+        method["regularizer"] = config["regularizer"]
+    return config
+
+
 _METHOD_NAMES = {"FullFineTuning": "full", "GatesModule": "gates", "LengthDropModule": "lengthdrop"}
 
 

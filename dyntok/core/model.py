@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from dyntok.encoder import EncoderOutput, Restore, Significance, TokenDroppingEncoder
+from dyntok.core.encoder import EncoderOutput, Restore, Significance, TokenDroppingEncoder
 from dyntok.errors import ConfigError
 
 Problem = Literal["classification", "regression", "span"]
@@ -39,19 +38,26 @@ def resolve_pretrained(name_or_path: str) -> str:
     return str(path)
 
 
-def load_backbone(pretrained: str | None, config: dict[str, Any] | None = None) -> nn.Module:
+def load_backbone(pretrained: str | None, config: dict[str, Any] | None = None,
+                  architecture: dict[str, Any] | None = None) -> nn.Module:
     """A Hugging Face encoder with pretrained weights, or randomly initialised from ``config``.
 
     Args:
         pretrained: ``pkg://...``, a local folder or a hub name; None for random weights.
         config: with ``pretrained=None``, keyword arguments of ``transformers.BertConfig`` (e.g. a tiny
             test model); with ``pretrained`` set, overrides of its config (e.g. dropout).
+        architecture: a backbone's full config (``PretrainedConfig.to_dict()``, with ``model_type``, as a
+            checkpoint stores it): that architecture, randomly initialised, whatever ``pretrained`` says (the
+            checkpoint's weights are loaded next; nothing is downloaded).
 
     Raises:
         ConfigError: the weights cannot be found (offline without a local copy, a typo).
     """
     from transformers import AutoConfig, AutoModel, BertConfig
 
+    if architecture is not None:
+        arch = dict(architecture)
+        return AutoModel.from_config(AutoConfig.for_model(arch.pop("model_type"), **arch))
     config = dict(config or {})
     if pretrained is None:
         cfg = BertConfig(**config)
@@ -73,7 +79,7 @@ class ModelOutput:
 
     Attributes:
         logits: (B, num_labels) for classification, (B,) for regression, (B, T, 2) start/end for span.
-        encoder: the :class:`dyntok.encoder.EncoderOutput` (kept lengths per layer for MACs).
+        encoder: the :class:`dyntok.core.encoder.EncoderOutput` (kept lengths per layer for MACs).
     """
 
     logits: torch.Tensor
@@ -132,8 +138,11 @@ class DynTokModel(nn.Module):
         head_reduce: Literal["sum", "mean"] = "sum",
         dropout: float = 0.1,
         restore: Restore = "output",
+        architecture: dict[str, Any] | None = None,
     ) -> DynTokModel:
-        backbone = load_backbone(pretrained, config)
+        """The task model on a backbone from :func:`load_backbone` (arguments of the same names) with the
+        token-dropping encoder's options and the head's ``dropout``."""
+        backbone = load_backbone(pretrained, config, architecture)
         enc = TokenDroppingEncoder(backbone, significance, include_diagonal, head_reduce)
         # from_pretrained leaves the backbone in eval mode; Lightning keeps submodule modes, so train() here.
         return cls(enc, problem, num_labels, dropout, restore).train()
@@ -151,28 +160,13 @@ class DynTokModel(nn.Module):
             return self.pooler(cls_state)
         return self.encoder.backbone.pooler(cls_state.unsqueeze(1))  # HF poolers read position 0 of (B, T, d)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        lengths: torch.Tensor | None = None,
-        skip_layers: Sequence[bool] | None = None,
-        rank_gates: Sequence[torch.Tensor | None] | None = None,
-        keep_by_rank: Sequence[torch.Tensor | None] | None = None,
-    ) -> ModelOutput:
-        """Shapes as in :meth:`TokenDroppingEncoder.forward`; returns :class:`ModelOutput`."""
-        out = self.encoder(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            lengths=lengths,
-            keep_cls=self.keep_cls,
-            restore=self.restore_mode,
-            skip_layers=skip_layers,
-            rank_gates=rank_gates,
-            keep_by_rank=keep_by_rank,
-        )
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, **dropping: Any) -> ModelOutput:
+        """Encode and apply the head; ``dropping``: :meth:`TokenDroppingEncoder.forward`'s ``lengths``,
+        ``skip_layers``, ``rank_gates`` or ``keep_by_rank`` (shapes there; [CLS] and Drop-and-Restore follow
+        the problem). Returns :class:`ModelOutput`."""
+        out = self.encoder(input_ids, attention_mask, token_type_ids, keep_cls=self.keep_cls,
+                           restore=self.restore_mode, **dropping)
         return ModelOutput(self.logits(out, attention_mask), out)
 
     @property

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from dyntok.encoder import Flow
-from dyntok.lengths import LengthConfig
+from dyntok.core.encoder import Flow
+from dyntok.core.lengths import LengthConfig
 
 
 def _nbytes(x: Any) -> int:
@@ -34,7 +34,7 @@ def _nbytes(x: Any) -> int:
 
 
 class PrefixCache:
-    """Logits of a :class:`dyntok.model.DynTokModel` (in eval mode) on fixed ``batches`` under any length
+    """Logits of a :class:`dyntok.core.model.DynTokModel` (in eval mode) on fixed ``batches`` under any length
     configuration, reusing the layers configurations share (module docstring).
 
     Args:
@@ -71,7 +71,7 @@ class PrefixCache:
 
     @torch.inference_mode()
     def logits(self, i: int, config: LengthConfig | None) -> tuple[torch.Tensor, Any]:
-        """Logits and :class:`~dyntok.encoder.EncoderOutput` of batch ``i`` under ``config`` (None: every
+        """Logits and :class:`~dyntok.core.encoder.EncoderOutput` of batch ``i`` under ``config`` (None: every
         token), as ``model(batch, lengths=config.resolve(real))`` gives them."""
         model, b = self.model, self.batches[i]
         enc = model.encoder

@@ -1,0 +1,47 @@
+"""Plots of a task metric against compute, one curve per label (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Path, xlabel: str, ylabel: str,
+                title: str = "", xlog: bool = False,
+                anchors: dict[str, Sequence[tuple[float, float]]] | None = None) -> Path:
+    """One line per label, points sorted by x; ``anchors``: published points, drawn as black stars joined by a
+    dashed line, one series per name; saved as PNG (headless backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    many = len(curves) + len(anchors or {}) > 6  # the legend then goes beside the axes, where it hides no point
+    fig, ax = plt.subplots(figsize=(10.5 if many else 6.4, 4.8 if many else 4.4), dpi=120)
+    colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
+    markers = "os^Dv<>pPX*h"
+    for i, (label, pts) in enumerate(curves.items()):
+        pts = sorted(pts)
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker=markers[i % len(markers)], ms=4, lw=1.4, label=label, color=colors[i % len(colors)])
+    for k, (label, pts) in enumerate((anchors or {}).items()):
+        xs, ys = zip(*sorted(pts), strict=True)
+        ax.plot(xs, ys, ls="--", lw=1, marker="**PX"[k % 4], ms=9, color="black", label=label)
+    if xlog:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if many:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

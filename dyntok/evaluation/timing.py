@@ -1,0 +1,75 @@
+"""The one timing path: the fastest of repeated passes over the same batches, and the memory a call adds.
+
+:func:`best_pass_ms` serves ``dyntok.bench``, ``dyntok.compare`` and the search's latency budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+Batch = dict[str, torch.Tensor]
+
+
+def pass_ms(forward: Callable[[Any], Any], batches: Sequence[Any], device: torch.device | str = "cpu"
+            ) -> list[float]:
+    """Milliseconds of ``forward`` on each item of ``batches`` (batches, or anything ``forward`` takes), one
+    pass in order, CUDA synchronised around each item, under ``torch.inference_mode()``."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    out = []
+    with torch.inference_mode():
+        for b in batches:
+            sync()
+            start = time.perf_counter()
+            forward(b)
+            sync()
+            out.append(1000.0 * (time.perf_counter() - start))
+    return out
+
+
+def best_pass_ms(forward: Callable[[Batch], Any], batches: Sequence[Batch], repeats: int = 2,
+                 device: torch.device | str = "cpu") -> float:
+    """Milliseconds per example of ``forward`` over ``batches``: the fastest of ``repeats`` timed passes.
+
+    The fastest pass is what other jobs on a shared machine can only slow down; CUDA work is synchronised
+    before each clock read. Used by the search's latency budget and :mod:`dyntok.compare`.
+
+    Raises:
+        ValueError: ``repeats`` < 1 or no example in ``batches``.
+    """
+    n = sum(int(b["input_ids"].size(0)) for b in batches)
+    if repeats < 1 or n == 0:
+        raise ValueError(f"best_pass_ms needs repeats >= 1 and examples, got {repeats} and {n}")
+    best = min(sum(pass_ms(forward, batches, device)) for _ in range(repeats))
+    return best / n
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def peak_memory_mb(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Resident memory around ``fn()`` in this process (Linux): the peak is reset just before the call.
+
+    Returns:
+        (rss_before, peak) in MB: resident set size when ``fn`` starts, and its high-water mark while it
+        runs. ``peak - rss_before`` is what ``fn`` itself added (activations, buffers), without the model,
+        data and framework already resident.
+
+    Raises:
+        OSError: no ``/proc/self/clear_refs`` to reset the peak (not Linux, or not permitted).
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # 5: reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+    before = _status_mb("VmRSS")
+    fn()
+    return before, _status_mb("VmHWM")
+
+

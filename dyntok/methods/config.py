@@ -1,0 +1,248 @@
+"""Typed options of the methods: one dataclass per group of options, each field with its unit, default and
+source, and each range check once (``__post_init__``). The Hydra config nodes are these dataclasses
+(registered in Hydra's ConfigStore as ``schema/method/<name>`` and ``schema/data``), so a misspelt key or a
+value of the wrong type fails at composition, and a value out of range when the method is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dyntok.data.config import DataConfig
+from dyntok.errors import ConfigError
+from dyntok.options import build_options, check_choice
+
+
+@dataclass
+class TrainingConfig:
+    """What every method trains with (:class:`dyntok.methods.base.TaskModule`)."""
+
+    lr: float = 2e-5
+    """Peak learning rate of the encoder and head (AdamW, linear warm-up then linear decay); configs use the
+    model's recommended ``model.lr``."""
+    weight_decay: float = 0.01
+    """AdamW weight decay, not on biases and LayerNorm weights."""
+    warmup_ratio: float = 0.1
+    """Share of the training steps spent warming the learning rate up, in [0, 1)."""
+    length_config: Any = None
+    """The length configuration the trained model is tested and served with (a ratio, a per-layer list,
+    ``{unit, values}``), or null: the method's own rule."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"method.lr must be > 0, method.weight_decay >= 0 and method.warmup_ratio in [0, 1), "
+                              f"got {self.lr}, {self.weight_decay}, {self.warmup_ratio}")
+
+
+@dataclass
+class SearchConfig:
+    """The LengthDrop evolutionary search (Kim & Cho 2021, Sec. 3.3; :mod:`dyntok.methods.search`)."""
+
+    enabled: bool = True
+    """Search after training; false tests ``method.length_config`` or the loaded run's choice."""
+    split: str = "validation"
+    """Split the genes are scored on: carved from training data (the paper scores on dev)."""
+    max_examples: int | None = 1000
+    """Examples of the split scored per gene (questions for span tasks); null: all."""
+    min_length: int = 0
+    """Score only examples of at least this many tokens (SST-2: its sentences, not its phrases)."""
+    rescore_examples: int = 0
+    """> 0: genes within ``rescore_margin`` of the frontier are scored again on this many further examples
+    of the split, and the frontier and choice come from those scores (not in the paper)."""
+    rescore_margin: float = 0.01
+    """Metric points below the frontier a gene may be to be re-scored."""
+    population: int = 20
+    """Initial genes besides the smallest and the full one (paper: 20)."""
+    iterations: int = 30
+    """Evolution iterations (paper's code: 100; the README's recipe: 30)."""
+    mutations: int = 30
+    """New in-bounds mutants per iteration (paper: 30)."""
+    crossovers: int = 30
+    """New in-bounds crossovers per iteration (paper: 30)."""
+    mutation_prob: float = 0.5
+    """Probability that a mutation resamples each layer (paper: 0.5)."""
+    seed: int = 0
+    """The search's own random seed."""
+    store: str | None = None
+    """JSON-lines file of evaluated genes (resume; shared by searches of one model); null: the run folder's."""
+    budget: float = 0.4
+    """The budget the tested configuration must meet, in ``budget_unit``."""
+    budget_unit: str = "ratio"
+    """``ratio`` (of the full model's MACs), ``gmacs`` (per example) or ``ms`` (measured per example)."""
+    budget_baseline: str = "real"
+    """MACs at each input's real length (``real``, dyntok's) or of the configuration on an input padded to
+    ``max_length`` (``padded``, the papers' count); results report both."""
+    init: str = "retention"
+    """Initial population: evenly spaced in mean retention (``retention``, the authors') or in constant ratio
+    (``ratio``, dyntok's earlier one)."""
+    fill: str = "new"
+    """Offspring: draw until that many new in-bounds genes exist (``new``, the authors') or make that many
+    draws (``attempts``)."""
+    cache_mb: float = 1024
+    """Bound (MB) on the layers the search keeps to share between genes (0: none; the scores are the same)."""
+    eval_batch_size: int = 128
+    """Batch size of the scoring passes."""
+    curves: bool = True
+    """Also score the frontier and the constant-ratio curves on the report split (the paper's figure)."""
+
+    def __post_init__(self) -> None:
+        check_choice("method.search.budget_unit", self.budget_unit, ("ratio", "gmacs", "ms"))
+        check_choice("method.search.budget_baseline", self.budget_baseline, ("real", "padded"))
+        check_choice("method.search.init", self.init, ("retention", "ratio"))
+        check_choice("method.search.fill", self.fill, ("new", "attempts"))
+        if self.budget <= 0 or (self.budget_unit == "ratio" and self.budget > 1):
+            raise ConfigError(f"method.search.budget={self.budget} out of range for budget_unit={self.budget_unit} "
+                              "(ratio: (0, 1]; gmacs and ms: > 0)")
+        if self.rescore_examples < 0 or (self.rescore_examples and self.max_examples is None):
+            raise ConfigError(f"method.search.rescore_examples={self.rescore_examples}: must be >= 0, and > 0 needs "
+                              "method.search.max_examples (the re-scoring examples follow those)")
+        if self.rescore_margin < 0 or self.cache_mb < 0:
+            raise ConfigError(f"method.search.rescore_margin and method.search.cache_mb must be >= 0, got "
+                              f"{self.rescore_margin} and {self.cache_mb}")
+
+
+@dataclass
+class LengthDropConfig:
+    """LengthDrop training (Kim & Cho 2021, Sec. 3.1-3.2; :class:`dyntok.methods.lengthdrop.LengthDropModule`)."""
+
+    length_drop_prob: float = 0.35
+    """p, the LengthDrop bound: l_j ~ UniformInt[ceil((1-p) l_{j-1}), l_{j-1}] (paper: 0.2, which floors a
+    6-layer model at 0.53x MACs; 0.35 floors it near 0.33x)."""
+    length_unit: str = "ratio"
+    """``ratio`` (l_0 the batch's longest input, each example keeps its share; dyntok) or ``tokens`` (l_0 =
+    ``max_length``, an input of n tokens keeps min(l_j, n); the authors')."""
+    max_length: int | None = None
+    """The padded input length (``task.max_length``): l_0 of ``tokens`` and the genes' reference."""
+    layer_drop: float = 0.2
+    """Probability of skipping each layer in the full model and the random sub-models (paper: 0.2)."""
+    num_sandwich: int = 2
+    """Random sub-models per step besides the full and the smallest (paper: 2)."""
+    kd_direction: str = "forward"
+    """In-place distillation KL(teacher || student) (``forward``) or the original code's KL(student ||
+    teacher) (``reverse``)."""
+    finetune_epochs: int = 0
+    """First epochs of plain fine-tuning (both stages from one command); 0 from a fine-tuned ``init_from``."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """The search after training."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.search, dict):
+            self.search = build_options(SearchConfig, self.search, "method.search")
+        if not 0.0 < self.length_drop_prob < 1.0:
+            raise ConfigError(f"method.length_drop_prob must be in (0, 1), got {self.length_drop_prob}")
+        check_choice("method.length_unit", self.length_unit, ("ratio", "tokens"))
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"method.max_length must be >= 2, got {self.max_length}")
+        if not 0.0 <= self.layer_drop < 1.0:
+            raise ConfigError(f"method.layer_drop must be in [0, 1), got {self.layer_drop}")
+        if self.num_sandwich < 0 or self.finetune_epochs < 0:
+            raise ConfigError(f"method.num_sandwich and method.finetune_epochs must be >= 0, got {self.num_sandwich} "
+                              f"and {self.finetune_epochs}")
+        check_choice("method.kd_direction", self.kd_direction, ("forward", "reverse"))
+
+
+@dataclass
+class GatesConfig:
+    """Trainable rank gates with the bi-modal regularizer (Jeong & Kwak 2021, as reconstructed in PAPERS.md;
+    :class:`dyntok.methods.gates.GatesModule`, :class:`dyntok.core.gates.RankGates`)."""
+
+    regularizer: Any = field(default_factory=lambda: {"lambda": 2.5, "mu": 300.0})
+    """``{lambda, mu}``: loss = task + lambda R_sparse + mu R_bimodal (the ``regularizer`` group)."""
+    gate_lr: float = 5e-3
+    """Learning rate of the gates (Adam, no weight decay, constant unless ``gate_lr_schedule``)."""
+    gate_lr_schedule: str = "constant"
+    """``constant``, or ``linear``: warm-up then linear decay like the encoder (PoWER-BERT's retention
+    parameters)."""
+    max_length: int = 128
+    """T_max, ranks gated (``task.max_length``)."""
+    parametrization: str = "clip"
+    """Gates as raw values clipped to [0, 1] (``clip``, PoWER-BERT) or ``sigmoid`` of a logit."""
+    gate_init: float = 1.0
+    """Initial gate value in (0, 1]."""
+    straight_through: bool = True
+    """Training forward uses the hard gates (g > threshold) with the soft gradient."""
+    threshold: float = 0.5
+    """A gate above it keeps its rank at inference."""
+    skip_first: int = 0
+    """The first layers carry no gates (keep every token)."""
+    min_keep: float = 0.0
+    """Every gated layer keeps at least this share of each input's tokens (0: none; not in the paper)."""
+    layer_weighting: str = "linear"
+    """w_j of R_sparse: ``linear`` (j, PoWER-BERT), ``uniform`` or ``reverse`` (L - j + 1)."""
+    sparsity: str = "gates"
+    """L1 on the gate vectors (``gates``) or on the masks the tokens see (``tokens``)."""
+    rank_scale: str = "absolute"
+    """A gate per rank (``absolute``, T_max of them) or per share of the input's tokens (``relative``)."""
+    rank_bins: int = 20
+    """Gates per layer with ``rank_scale=relative``."""
+    freeze_gates_steps: int = 0
+    """Training steps before the gates start to move."""
+    mu_ramp: Any = field(default_factory=lambda: [0.5, 0.9])
+    """[start, end] shares of training: mu is 0 before start, linear up to end, then constant ([0, 0]: constant)."""
+    distill: float = 0.0
+    """Weight in [0, 1] of distillation from the frozen ``init_from`` model (not in the paper)."""
+
+    def __post_init__(self) -> None:
+        lam, mu = float(self.regularizer.get("lambda", 0.0)), float(self.regularizer.get("mu", 0.0))
+        if lam < 0 or mu < 0:
+            raise ConfigError(f"regularizer.lambda and regularizer.mu must be >= 0, got {lam} and {mu}")
+        ramp = list(self.mu_ramp)
+        if len(ramp) != 2 or not 0.0 <= ramp[0] <= ramp[1] <= 1.0:
+            raise ConfigError(f"method.mu_ramp must be [start, end] with 0 <= start <= end <= 1, got {self.mu_ramp}")
+        check_choice("method.sparsity", self.sparsity, ("gates", "tokens"))
+        check_choice("method.layer_weighting", self.layer_weighting, ("linear", "uniform", "reverse"))
+        check_choice("method.gate_lr_schedule", self.gate_lr_schedule, ("constant", "linear"))
+        if not 0.0 <= self.distill <= 1.0:
+            raise ConfigError(f"method.distill must be in [0, 1], got {self.distill}")
+
+
+# ---- the Hydra nodes ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Method:
+    name: str = "full"
+    """The method's name in results and run folders."""
+
+
+@dataclass
+class FullNode(TrainingConfig, _Method):
+    """``method=full``."""
+
+    _target_: str = "dyntok.methods.full.FullFineTuning"
+
+
+@dataclass
+class GatesNode(GatesConfig, TrainingConfig, _Method):
+    """``method=gates``."""
+
+    _target_: str = "dyntok.methods.gates.GatesModule"
+
+
+@dataclass
+class LengthDropNode(LengthDropConfig, TrainingConfig, _Method):
+    """``method=lengthdrop``."""
+
+    _target_: str = "dyntok.methods.lengthdrop.LengthDropModule"
+
+
+@dataclass
+class DataNode(DataConfig):
+    """The ``data`` node: :class:`dyntok.data.DynTokDataModule`'s options."""
+
+    _target_: str = "dyntok.data.DynTokDataModule"
+
+
+def register_schemas() -> None:
+    """Put the nodes into Hydra's ConfigStore (``schema/method/{full,gates,lengthdrop}``, ``schema/data``),
+    where the shipped YAML files extend them. Idempotent."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name, node in (("full", FullNode), ("gates", GatesNode), ("lengthdrop", LengthDropNode)):
+        cs.store(group="schema/method", name=name, node=node)
+    cs.store(group="schema", name="data", node=DataNode)
+
+
+register_schemas()

@@ -1,0 +1,236 @@
+"""Using a trained checkpoint: ``dyntok.load(path).predict(texts)``, and evaluating it on any split.
+
+A dyntok checkpoint carries what this needs: the run's config, the backbone's architecture, the tokenizer's
+files and the method's state (gates, or the length configuration the search chose). Nothing is downloaded.
+
+    >>> import dyntok
+    >>> model = dyntok.load("outputs/sst2/gates/<run>/checkpoints/last.ckpt")
+    >>> out = model.predict(["a gorgeous, witty film", "dull and long"])
+    >>> out.labels, out.probabilities.shape, out.macs   # classes, (2, num_labels), MACs per example
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dyntok.core.lengths import LengthConfig
+from dyntok.core.macs import MacsReport, model_macs
+from dyntok.data.batches import PadCollator
+from dyntok.errors import CheckpointError, ConfigError
+from dyntok.methods.checkpoint import read_checkpoint
+
+
+@dataclass
+class Predictions:
+    """What :meth:`Predictor.predict` returns, one row per input text, in input order.
+
+    Attributes:
+        labels: class names (classification; the task's raw label values) or floats (regression).
+        probabilities: (N, num_labels) softmax probabilities; (N,) predicted values for regression.
+        macs: (N,) MACs each example cost with the checkpoint's length configuration: the whole task model
+            (encoder and head, :func:`dyntok.core.macs.model_macs`).
+        full_macs: (N,) the same count for the full model at each example's real length (the baseline):
+            ``macs / full_macs`` is the MACs ratio, 1.0 for the full model.
+        kept: (N, L) tokens kept after each layer.
+        input_lengths: (N,) real tokens of each input (after truncation to the task's ``max_length``).
+    """
+
+    labels: list[Any]
+    probabilities: np.ndarray
+    macs: np.ndarray
+    full_macs: np.ndarray
+    kept: np.ndarray
+    input_lengths: np.ndarray
+
+
+class Predictor:
+    """A trained model ready for inference with its learned or searched length configuration.
+
+    Build it with :func:`load`. ``length_config`` overrides the checkpoint's configuration (a ratio, a
+    per-layer list or a :class:`~dyntok.core.lengths.LengthConfig`); ``None`` uses the checkpoint's own.
+    """
+
+    def __init__(self, module, tokenizer, meta: dict[str, Any], device: str | torch.device = "cpu",
+                 tokenizer_dir: str | None = None) -> None:
+        self.module = module.to(device).eval()
+        self.tokenizer = tokenizer
+        self.tokenizer_dir = tokenizer_dir
+        self.meta = meta
+        self.task = module.task
+        self.device = torch.device(device)
+        self.config: dict[str, Any] = meta.get("config") or {}
+        self.max_length = int((self.config.get("task") or {}).get("max_length") or 128)
+
+    @property
+    def length_config(self) -> LengthConfig | None:
+        """The configuration the checkpoint infers with (None: every token, or per-example gate lengths)."""
+        return self.module.reported_length_config()
+
+    def forward(self, batch: dict[str, torch.Tensor], length_config=None):
+        """The module's :meth:`~dyntok.methods.base.TaskModule.infer` on a collated batch, with
+        ``length_config`` (any form :meth:`LengthConfig.parse` reads) or the checkpoint's own rule.
+
+        ``length_config`` may also be a :class:`~dyntok.core.gates.RankGates`, e.g. another gates run's
+        ``dyntok.load(ckpt).module.gates``: this model then runs with those hard gates (layer j keeps the
+        ranks, by this model's significance scores, whose gate is open), which separates what a learned
+        configuration is worth from how well that run's encoder adapted to it.
+
+        Raises:
+            ConfigError: a bad ``length_config``, or rank gates for another depth.
+        """
+        from dyntok.core.gates import RankGates
+
+        L = self.module.model.num_layers
+        if isinstance(length_config, RankGates):
+            if length_config.num_layers != L:
+                raise ConfigError(f"length_config: rank gates for {length_config.num_layers} layers, the model has {L}")
+            return self.module(batch, keep_by_rank=length_config.to(self.device).batch_open_table(batch))
+        cfg = None
+        if length_config is not None:
+            cfg = LengthConfig.parse(length_config, L, "length_config")
+        return self.module.infer(batch, cfg)
+
+    @torch.inference_mode()
+    def predict(self, texts: list[str] | list[tuple[str, str]], batch_size: int = 64,
+                length_config: Any = None) -> Predictions:
+        """Classify (or score) ``texts``: strings, or (first, second) pairs for sentence-pair tasks.
+
+        Batches are sorted by length (less padding); the results come back in input order.
+
+        Raises:
+            ConfigError: a span task (use :meth:`evaluate`), pairs for a single-sentence task or the
+                reverse, empty input, or a bad ``length_config``.
+        """
+        if self.task.problem == "span":
+            raise ConfigError("predict() serves classification and regression; evaluate span QA with evaluate()")
+        if not texts:
+            raise ConfigError("predict() got no texts")
+        pairs = isinstance(texts[0], (tuple, list))
+        if pairs != (len(self.task.text_keys) == 2):
+            want = "(first, second) pairs" if len(self.task.text_keys) == 2 else "single strings"
+            raise ConfigError(f"task {self.task.name} takes {want} ({', '.join(self.task.text_keys)})")
+        firsts = [t[0] if pairs else t for t in texts]
+        seconds = [t[1] for t in texts] if pairs else None
+        enc = self.tokenizer(firsts, seconds, truncation=True, max_length=self.max_length)
+        n_tok = np.array([len(ids) for ids in enc["input_ids"]])
+        order = np.argsort(-n_tok, kind="stable")
+        collate, types = PadCollator(self.tokenizer.pad_token_id or 0), enc.get("token_type_ids")
+        dims = self.module.dims
+        L = self.module.model.num_layers
+        probs = [None] * len(texts)
+        macs, full, kept = np.zeros(len(texts)), np.zeros(len(texts)), np.zeros((len(texts), L), dtype=np.int64)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = collate([{"input_ids": enc["input_ids"][i], "labels": 0, "index": int(i),
+                              "token_type_ids": types[i] if types is not None else None} for i in idx])
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            real = batch["attention_mask"].sum(1)
+            out = self.forward(batch, length_config)
+            p = out.logits.float() if self.task.problem == "regression" else out.logits.float().softmax(-1)
+            k_ = out.encoder.kept.cpu()
+            m = model_macs(dims, real.cpu(), k_, self.task.problem, inputs=out.encoder.inputs).numpy()
+            n = real.cpu()
+            f = model_macs(dims, n, n.unsqueeze(1).expand(-1, L), self.task.problem).numpy()
+            for row, i in enumerate(idx):
+                probs[i] = p[row].cpu().numpy()
+                macs[i], full[i], kept[i] = m[row], f[row], k_[row].numpy()
+        probabilities = np.stack(probs)
+        if self.task.problem == "regression":
+            labels = probabilities.tolist()
+        else:
+            names = self.task.label_names or tuple(str(i) for i in range(self.task.num_labels))
+            labels = [names[i] for i in probabilities.argmax(-1)]
+        return Predictions(labels, probabilities, macs, full, kept, n_tok)
+
+    def datamodule(self, data_dir: str | None = None):
+        """The run's :class:`~dyntok.data.DynTokDataModule` (its ``data`` config, this tokenizer), reading
+        ``data_dir`` instead of the run's when given."""
+        from dyntok.data import DynTokDataModule
+
+        data_cfg = {k: v for k, v in (self.config.get("data") or {}).items() if k != "_target_"}
+        if data_dir is not None:
+            data_cfg["data_dir"] = data_dir
+        if self.tokenizer_dir is not None:
+            data_cfg["tokenizer"] = self.tokenizer_dir
+        return DynTokDataModule(**data_cfg)
+
+    @torch.inference_mode()
+    def evaluate(self, split: str = "test", data_dir: str | None = None, batch_size: int | None = None,
+                 length_config: Any = None, max_examples: int | None = None,
+                 datamodule=None) -> dict[str, float]:
+        """The task metrics and MACs of this checkpoint on one split of its task (any split the DataModule
+        has: ``train``, ``validation``, ``test``, ...), with its length configuration. ``datamodule``: one
+        from :meth:`datamodule` to reuse across calls (else a new one reads ``data_dir``).
+
+        Raises:
+            ConfigError / DataError: an unknown split, or data that cannot be found (give ``data_dir``).
+        """
+        dm = datamodule if datamodule is not None else self.datamodule(data_dir)
+        metrics = self.module.split_metrics(split, dm, prefix="").to(self.device)
+        rep = MacsReport(dims=self.module.dims, max_length=self.max_length, problem=self.task.problem)
+        for batch in dm.dataloader(split, batch_size=batch_size, max_examples=max_examples):
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            out = self.forward(batch, length_config)
+            self.module.update_metrics(metrics, out.logits, batch)
+            rep.update(out.encoder.input_lengths, out.encoder.kept, inputs=out.encoder.inputs)
+        vals = {k: float(v) for k, v in metrics.compute().items()}
+        vals.update(rep.compute())
+        return vals
+
+
+def _tokenizer_from(meta: dict[str, Any], workdir: Path):
+    from transformers import AutoTokenizer
+
+    files = meta.get("tokenizer_files")
+    if files:
+        for name, data in files.items():
+            (workdir / name).write_bytes(data)
+        return AutoTokenizer.from_pretrained(str(workdir)), str(workdir)
+    from dyntok.core.model import resolve_pretrained
+
+    name = ((meta.get("config") or {}).get("model") or {}).get("tokenizer")
+    if not name:
+        raise CheckpointError("checkpoint carries no tokenizer (files or name)")
+    path = resolve_pretrained(name)
+    return AutoTokenizer.from_pretrained(path), path
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """Load a dyntok checkpoint (a ``.ckpt`` file, or a run folder: its best, else last checkpoint).
+
+    The model is rebuilt from the architecture stored in the checkpoint, so no pretrained weights are
+    downloaded; the tokenizer comes from the files stored with it.
+
+    Raises:
+        CheckpointError: not a dyntok checkpoint, or one without its run config.
+    """
+    from omegaconf import OmegaConf
+
+    from dyntok.data.tasks import get_task
+    from dyntok.methods.build import build_method, build_model
+    from dyntok.methods.checkpoint import upgrade_config
+
+    state = read_checkpoint(path)
+    meta = state["dyntok"]
+    cfg = meta.get("config")
+    if not cfg:
+        raise CheckpointError(f"{state['path']}: no run config stored; "
+                              "evaluate it with python -m dyntok.run train=false init_from=...")
+    cfg = OmegaConf.create(upgrade_config(cfg))
+    task = get_task(meta["task"])
+    # the architecture stored in the checkpoint (none in the oldest ones: the pretrained source it names)
+    model = build_model(cfg.model, task, backbone_config=meta.get("backbone_config"))
+    module = build_method(cfg, model, task)
+    missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
+    if missing:
+        raise CheckpointError(f"{state['path']}: weights missing for {missing[:5]}")
+    module.on_load_checkpoint(state)
+    workdir = Path(tempfile.mkdtemp(prefix="dyntok-tokenizer-"))
+    tokenizer, tok_dir = _tokenizer_from(meta, workdir)
+    return Predictor(module, tokenizer, meta, device, tokenizer_dir=tok_dir)

@@ -1,0 +1,304 @@
+"""The search of a trained LengthDrop model (Kim & Cho 2021, Sec. 3.3), end to end: the search split's
+batches, the MACs objective (at each input's real length, or as the papers count, padded), the evolutionary
+search (:mod:`dyntok.methods.evolution`) scored through a prefix cache, optional re-scoring, the budget's
+choice, measured latency, and the frontier files with the paper's curves.
+
+- Optional **re-scoring** (not in the paper): the genes near the frontier
+  (:func:`dyntok.evaluation.frontier.near_frontier`) are scored again on examples the search never saw, and
+  the frontier and the budget's choice come from those scores, which are free of the search's selection bias.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyntok.core.lengths import LengthConfig
+from dyntok.errors import ConfigError
+from dyntok.evaluation.frontier import (
+    Point,
+    best_under_budget,
+    compare_to_curve,
+    near_frontier,
+    pareto_frontier,
+)
+from dyntok.methods.evolution import (
+    EvolutionarySearch,
+    Gene,
+    SearchResult,
+    SearchStore,
+    constant_ratio_gene,
+    progress_bar,
+)
+
+log = logging.getLogger("dyntok")
+
+
+class LengthSearch:
+    """The evolutionary search of a trained :class:`dyntok.methods.lengthdrop.LengthDropModule`, end to end:
+    batches of the search split, the MACs objective, the search, optional re-scoring, the budget's choice,
+    measured latency, and the frontier files (``frontier.json``, ``.tsv``, ``.png``) with the paper's curves.
+
+    MACs, per ``search.budget_baseline``: ``real`` (dyntok's): per example at each input's real length on the
+    search split, against the full model there; ``padded`` (the papers' and the LAT code's count, torchprofile
+    on an all-ones input): the configuration run on one input padded to ``max_length``, against the full model
+    on it. Every frontier row reports both ratios (``macs_ratio``, ``paper_macs_ratio``).
+
+    Args:
+        module: the trained LengthDrop module (its model, task, ``search_cfg``, unit and bound).
+        datamodule: the run's DataModule.
+        run_dir: where the store and frontier files go (None: only :meth:`check_budget`).
+        checkpoint: recorded in the store's metadata.
+    """
+
+    def __init__(self, module, datamodule, run_dir: str | os.PathLike | None = None,
+                 checkpoint: str | None = None) -> None:
+        self.m, self.dm, self.s = module, datamodule, module.search_cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.checkpoint = checkpoint
+        self.ref = module.max_length
+        self.unit = module.length_unit
+        self.L = module.model.num_layers
+        self.restore = module.model.restore_mode
+
+    # ---- configurations and their compute ---------------------------------------------------------------
+    def config(self, gene: Gene) -> LengthConfig:
+        return LengthConfig.from_counts(gene, self.ref, self.unit)
+
+    def canonical(self, gene: Gene) -> Gene:
+        """The gene as it runs: with ``restore="last_layer"`` the last layer takes every token, so its entry is
+        set to the one before (equivalent genes collapse)."""
+        return (*gene[:-1], gene[-2]) if self.restore == "last_layer" and len(gene) > 1 else gene
+
+    def _macs(self, cfg: LengthConfig, lengths: torch.Tensor) -> float:
+        from dyntok.core.macs import length_config_macs
+
+        return float(length_config_macs(self.m.dims, cfg, lengths, restore=self.restore).mean())
+
+    def paper_macs(self, cfg: LengthConfig) -> float:
+        """MACs of ``cfg`` on one input padded to ``max_length`` (the papers' count)."""
+        return self._macs(cfg, torch.tensor([self.ref]))
+
+    def _lengths(self, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        return torch.cat([b["attention_mask"].sum(1) for b in batches]).cpu()
+
+    def _batches(self, split: str, max_examples: int | None, min_length: int = 0,
+                 skip_examples: int = 0) -> list[dict[str, torch.Tensor]]:
+        loader = self.dm.dataloader(split, batch_size=self.s["eval_batch_size"], max_examples=max_examples,
+                                    min_length=min_length, skip_examples=skip_examples)
+        return [{k: v.to(self.m.device) for k, v in b.items()} for b in loader]
+
+    def objective(self, lengths: torch.Tensor) -> tuple[Callable[[Gene], float], float]:
+        """The search's MACs of a gene (``budget_baseline``) and the full model's on the same terms."""
+        if self.s["budget_baseline"] == "padded":
+            return (lambda g: self.paper_macs(self.config(g))), self.paper_macs(LengthConfig.full(self.L))
+        return (lambda g: self._macs(self.config(g), lengths)), self._macs(LengthConfig.full(self.L), lengths)
+
+    def check_budget(self) -> None:
+        """Fail before training when no configuration the search may evaluate meets a MACs budget
+        (``budget_unit`` ratio or gmacs): the cheapest is the smallest sub-model.
+
+        Raises:
+            ConfigError: naming ``method.search.budget`` and the cheapest reachable ratio.
+        """
+        s = self.s
+        if s["budget_unit"] == "ms":
+            return
+        self.dm.setup("fit")
+        loader = self.dm.dataloader(s["split"], batch_size=s["eval_batch_size"], max_examples=s["max_examples"],
+                                    min_length=s["min_length"])
+        macs, full = self.objective(torch.cat([b["attention_mask"].sum(1) for b in loader]))
+        floor = macs(self.canonical(constant_ratio_gene(1 - self.m.p, self.L, self.ref, self.m.floor)))
+        budget = float(s["budget"]) * (full if s["budget_unit"] == "ratio" else 1e9)
+        if budget < floor * (1 - 1e-9):
+            raise ConfigError(
+                f"method.search.budget={s['budget']} ({s['budget_unit']}) is below the cheapest configuration "
+                f"the search can reach: {floor / full:.3f}x MACs ({floor / 1e9:.4g} GMACs per example, "
+                f"{s['budget_baseline']} baseline) on the search split, set by method.length_drop_prob={self.m.p}; "
+                "raise the budget or the bound")
+
+    def _scorer(self, batches: list[dict[str, torch.Tensor]], split: str, model=None) -> Callable:
+        """LengthConfig -> main metric of ``model`` (default the module's) on ``batches``, through a
+        :class:`~dyntok.core.prefix_cache.PrefixCache` bounded by ``search.cache_mb``."""
+        from dyntok.core.prefix_cache import PrefixCache
+
+        model = model if model is not None else self.m.model
+        metrics = self.m.split_metrics(split, self.dm, sync_on_compute=False)
+        cache = PrefixCache(model, batches, int(float(self.s["cache_mb"]) * 2**20))
+
+        def score(cfg: LengthConfig | None) -> float:
+            was_training = model.training
+            model.eval()
+            metrics.reset()
+            try:
+                for i, b in enumerate(batches):
+                    self.m.update_metrics(metrics, cache.logits(i, cfg)[0], b)
+            finally:
+                model.train(was_training)
+            return float(metrics.compute()[self.m.task.main_metric])
+
+        score.cache = cache
+        return score
+
+    # ---- the search -------------------------------------------------------------------------------------
+    def run(self) -> tuple[LengthConfig, dict[str, Any]]:
+        """Search, choose under the budget, write the frontier files.
+
+        Returns:
+            the chosen configuration and the ``search`` fields of ``results.json``.
+
+        Raises:
+            ConfigError: no searched configuration meets the budget.
+        """
+        s, m = self.s, self.m
+        self.dm.setup("fit")
+        batches = self._batches(s["split"], s["max_examples"], s["min_length"])
+        lengths = self._lengths(batches)
+        macs, full_macs = self.objective(lengths)
+        store_path = Path(s["store"]) if s["store"] else self.run_dir / "search_store.jsonl"
+        meta = {"task": m.task.name, "split": s["split"], "examples": len(lengths), "ref_length": self.ref,
+                **({"min_length": s["min_length"]} if s["min_length"] else {}),
+                **({"length_unit": self.unit} if self.unit != "ratio" else {}),
+                **({"budget_baseline": s["budget_baseline"]} if s["budget_baseline"] != "real" else {}),
+                **({"restore": self.restore} if self.restore == "last_layer" else {}),
+                "length_drop_prob": m.p}
+        store = SearchStore(store_path, meta=meta)
+        score = self._scorer(batches, s["split"])
+        search = EvolutionarySearch(
+            lambda g: score(self.config(g)), macs, self.L, self.ref, m.p, s["population"], s["iterations"],
+            s["mutations"], s["crossovers"], s["mutation_prob"], s["seed"], store, init=s["init"], fill=s["fill"],
+            floor=m.floor, canonical=self.canonical)
+        result = search.run()
+        frontier, rescored = result.frontier, None
+        if s["rescore_examples"]:
+            batches, frontier, full_macs, rescored = self._rescore(result, store_path, meta)
+        # measured latency of every frontier configuration, in this process, on the (last) scoring batches
+        latency = {p.gene: m.latency_ms(batches, self.config(p.gene)) for p in frontier}
+        full_latency = m.latency_ms(batches, None)
+        budget = float(s["budget"])
+        if s["budget_unit"] == "ratio":
+            best = best_under_budget(frontier, budget * full_macs)
+        elif s["budget_unit"] == "gmacs":
+            best = best_under_budget(frontier, budget * 1e9)
+        else:  # ms (SearchConfig accepts no other unit)
+            fits = [p for p in frontier if latency[p.gene] <= budget]
+            if not fits:
+                raise ConfigError(f"search.budget={budget} ms per example: the fastest searched configuration "
+                                  f"takes {min(latency.values()):.3f} ms (full model {full_latency:.3f} ms)")
+            best = max(fits, key=lambda p: (p.score, -p.macs))
+        cache = score.cache
+        chosen = self.config(best.gene)
+        paper_full = self.paper_macs(LengthConfig.full(self.L))
+        summary = {
+            "frontier_size": len(frontier), "search_frontier_size": len(result.frontier), **(rescored or {}),
+            "evaluated": result.evaluated, "replayed_from_store": result.cached, "seconds": result.seconds,
+            "evals_per_minute": result.evals_per_minute, "store": str(store_path), "search_split": s["split"],
+            "search_examples": len(lengths), "search_min_length": s["min_length"], "length_unit": self.unit,
+            "init": s["init"], "fill": s["fill"], "short_iterations": search.short_iterations,
+            "cache_layers_reused": cache.layers_reused, "cache_layers_run": cache.layers_run,
+            "budget": budget, "budget_unit": s["budget_unit"], "budget_baseline": s["budget_baseline"],
+            "chosen_gene": list(best.gene), "chosen_search_score": best.score,
+            "chosen_macs_ratio": self._macs(chosen, lengths) / self._macs(LengthConfig.full(self.L), lengths),
+            "chosen_paper_macs_ratio": self.paper_macs(chosen) / paper_full,
+            "chosen_ms_per_example": latency[best.gene], "full_ms_per_example": full_latency,
+            "chosen_speedup": full_latency / latency[best.gene],
+        }
+        log.info("search: %d evaluated, %d replayed, %.1f evals/min (cache reused %d of %d layers); chosen %s "
+                 "(%.3fx MACs at real length, %.3fx padded, %s %.4f on %s)", result.evaluated, result.cached,
+                 result.evals_per_minute, cache.layers_reused, cache.layers_reused + cache.layers_run,
+                 list(best.gene), summary["chosen_macs_ratio"], summary["chosen_paper_macs_ratio"],
+                 m.task.main_metric, best.score, s["split"])
+        self._write_frontier(frontier, lengths, latency, full_latency, summary)
+        return chosen, summary
+
+    def _rescore(self, result: SearchResult, store_path: Path, meta: dict[str, Any]):
+        """Score the genes near the search's frontier (``search.rescore_margin``) again on the next
+        ``search.rescore_examples`` examples of the search split, which the search never saw; their own
+        store makes a rerun replay them.
+
+        Returns:
+            the re-scoring batches, the frontier of the new scores, the full model's MACs on those examples
+            (the objective's), and summary fields.
+        """
+        s = self.s
+        batches = self._batches(s["split"], s["rescore_examples"], s["min_length"], skip_examples=s["max_examples"])
+        lengths = self._lengths(batches)
+        macs, full_macs = self.objective(lengths)
+        score = self._scorer(batches, s["split"])
+        candidates = near_frontier(result.points, float(s["rescore_margin"]))
+        store = SearchStore(store_path.with_name(store_path.stem + ".rescore.jsonl"),
+                            meta={**meta, "examples": len(lengths), "skip_examples": s["max_examples"]})
+        points = []
+        bar = progress_bar(len(candidates), "re-score", "gene")
+        for p in candidates:
+            if p.gene not in store:
+                store.add(Point(p.gene, macs(p.gene), score(self.config(p.gene))))
+            points.append(store.get(p.gene))
+            bar.update(1)
+        bar.close()
+        frontier = pareto_frontier(points)
+        log.info("re-scored %d genes near the search frontier on %d further examples: frontier %d -> %d genes",
+                 len(points), len(lengths), len(result.frontier), len(frontier))
+        summary = {"rescore_examples": len(lengths), "rescored_genes": len(points),
+                   "rescore_margin": float(s["rescore_margin"])}
+        return batches, frontier, full_macs, summary
+
+    def _write_frontier(self, frontier: list[Point], lengths: torch.Tensor, latency: dict, full_latency: float,
+                        summary: dict[str, Any]) -> None:
+        """Frontier TSV/JSON (both MACs ratios, measured latency) and the paper's three curves, scored on the
+        first report split: the searched frontier, constant ratios on the LengthDrop model and on the
+        standard model it started from (``init_from``)."""
+        m = self.m
+        full_real = self._macs(LengthConfig.full(self.L), lengths)
+        paper_full = self.paper_macs(LengthConfig.full(self.L))
+        rows = []
+        for p in frontier:
+            cfg = self.config(p.gene)
+            rows.append({"gene": list(p.gene), "config": cfg.describe(), "length_config": cfg.to_dict(), "macs": p.macs,
+                         "macs_ratio": self._macs(cfg, lengths) / full_real,
+                         "paper_macs_ratio": self.paper_macs(cfg) / paper_full, "search_score": p.score,
+                         "ms_per_example": latency.get(p.gene),
+                         "speedup": full_latency / latency[p.gene] if p.gene in latency and full_latency else None})
+        curves: dict[str, list[tuple[float, float]]] = {}
+        if self.s["curves"]:
+            split = m.task.test_splits[0]
+            batches = self._batches(split, None)
+            test_lengths = self._lengths(batches)
+            full = self._macs(LengthConfig.full(self.L), test_lengths)
+            own = self._scorer(batches, split)
+            standard = self._scorer(batches, split, m.baseline) if m.baseline is not None else None
+
+            def point(cfg: LengthConfig, scorer) -> tuple[float, float]:
+                return self._macs(cfg, test_lengths) / full, scorer(cfg)
+
+            for r in rows:
+                r["macs_ratio_test"], r[f"{split}_score"] = point(self.config(tuple(r["gene"])), own)
+            curves["LengthDrop model, searched"] = [(r["macs_ratio_test"], r[f"{split}_score"]) for r in rows]
+            qs = [1 - m.p + m.p * i / 7 for i in range(8)] + [0.5, 0.4, 0.3]
+            consts = [self.config(self.canonical(constant_ratio_gene(q, self.L, self.ref, m.floor)))
+                      for q in sorted(set(qs))]
+            curves["LengthDrop model, constant ratio"] = [point(c, own) for c in consts]
+            if standard is not None:
+                curves["standard model, constant ratio"] = [point(c, standard) for c in consts]
+            summary["curves_split"] = split
+            searched = curves["LengthDrop model, searched"]
+            summary["frontier_vs_curves"] = {
+                name: compare_to_curve(searched, curve) for name, curve in curves.items() if curve is not searched}
+        run_dir = self.run_dir
+        (run_dir / "frontier.json").write_text(json.dumps({"frontier": rows, "curves": curves}, indent=2))
+        cols = [k for k in rows[0] if k != "gene"] if rows else []
+        lines = ["\t".join(["gene", *cols])] + ["\t".join([",".join(map(str, r["gene"])),
+                                                         *(str(r[c]) for c in cols)]) for r in rows]
+        (run_dir / "frontier.tsv").write_text("\n".join(lines) + "\n")
+        if curves:
+            from dyntok.evaluation.plots import plot_curves
+
+            plot_curves(curves, run_dir / "frontier.png", xlabel="MACs ratio (vs full model at real length)",
+                        ylabel=f"{m.task.main_metric} ({summary.get('curves_split')})",
+                        title=f"{m.task.name}: Length-Adaptive Transformer")

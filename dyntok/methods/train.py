@@ -1,0 +1,210 @@
+"""Fit and test one configuration: DataModule + model + method -> Lightning Trainer -> ``results.json``.
+
+What ``python -m dyntok.run`` does for each job, callable without Hydra's command line (``train(cfg, run_dir)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dyntok.methods.build import build_method, build_model, instantiate
+
+log = logging.getLogger("dyntok")
+
+
+def hydra_run_dir() -> Path:
+    """The output folder of the Hydra job running now."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _logger(cfg: DictConfig):
+    if cfg.logger is None or cfg.logger.get("_target_") is None:
+        return False
+    if "WandbLogger" in cfg.logger._target_:
+        os.environ.setdefault("WANDB_SILENT", "true")
+    return instantiate(cfg.logger)
+
+
+def _quiet_libraries() -> None:
+    """One log line per event: Lightning's own handler would repeat what Hydra's root handler prints."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fit and test as ``cfg`` says; returns the results record (also written to ``results.json``).
+
+    ``run_dir``: where checkpoints and results go (default: the Hydra run's output folder).
+    """
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from dyntok.data.tasks import get_task
+    from dyntok.evaluation.results import environment, flat_rows, format_table, write_results
+    from dyntok.methods.callbacks import (
+        AtomicCheckpointIO,
+        EpochEndResume,
+        FiniteLossGuard,
+        LastCheckpoint,
+        LogProgress,
+        RngState,
+    )
+    from dyntok.methods.checkpoint import check_resumable, load_init_weights
+
+    _quiet_libraries()
+    start = time.time()
+    run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    task = get_task(cfg.task.name)
+    dm = instantiate(cfg.data)
+    model = build_model(cfg.model, task)
+    module = build_method(cfg, model, task)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.init_from:
+        module.on_init_from(load_init_weights(module, cfg.init_from, cfg.model.name))
+
+    ckpt_dir = run_dir / "checkpoints"
+    monitor = f"val/{task.main_metric}"
+    # best-*.ckpt only: last.ckpt (the resume point) is LastCheckpoint's alone
+    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", filename="best-{step}",
+                              save_top_k=cfg.checkpoint.save_top_k, save_last=False,
+                              auto_insert_metric_name=False, enable_version_counter=False)
+    callbacks = [FiniteLossGuard(), RngState(), EpochEndResume(), ckpt_cb, *module.extra_callbacks()]
+    if cfg.checkpoint.save_last:
+        callbacks.append(LastCheckpoint(ckpt_dir, cfg.checkpoint.get("every_n_train_steps")))
+    # the user's own (callbacks.<name>._target_=...), after dyntok's
+    callbacks += [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    kw = _trainer_kwargs(cfg)
+    if _log_progress(cfg.get("progress", "auto")):  # no terminal (SLURM, nohup): lines in the log, no bar
+        kw["enable_progress_bar"] = False
+        callbacks.append(LogProgress())
+    trainer = L.Trainer(**kw, logger=_logger(cfg), callbacks=callbacks,
+                        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir))
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path is None and cfg.resume and (ckpt_dir / "last.ckpt").exists():
+        ckpt_path = str(ckpt_dir / "last.ckpt")
+        log.info("resuming from %s", ckpt_path)
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, module, cfg.model.name)
+    module.before_fit(dm)
+    if cfg.train:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    elif not cfg.init_from:
+        log.warning("train=false without init_from: evaluating untrained weights")
+
+    best = ckpt_cb.best_model_path or None
+    if best and module.select_best and cfg.train:
+        module.load_best(best)
+    module.after_fit(trainer, dm, run_dir)
+    if cfg.train:
+        # The model as tested (best or final weights, and the length configuration chosen or learned):
+        # what dyntok.load(<run dir>) and the benchmark read.
+        trainer.save_checkpoint(ckpt_dir / "final.ckpt", weights_only=True)
+    if cfg.test:
+        trainer.test(module, datamodule=dm, verbose=False)
+        if not module.test_results:  # ddp_spawn: the test ran in worker processes; its logged metrics came back
+            module.test_results = {s: _logged(trainer, f"{s}/") for s in task.test_splits}
+    record = {
+        "task": task.name,
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "label": cfg.get("label") or cfg.method.name,
+        "status": "ok",
+        "main_metric": task.main_metric,
+        "splits": module.test_results,
+        "best_val": _best_score(ckpt_cb, best),
+        "best_checkpoint": best,
+        "tested_weights": "best" if best and module.select_best and cfg.train else "final",
+        **module.summary(),
+        "train_steps": int(trainer.global_step) or int(trainer.callback_metrics.get("train/steps", 0)),
+        "wall_time_s": time.time() - start,
+        "threads": torch.get_num_threads(),
+        "versions": environment(),
+        "config": module.run_config,
+    }
+    if trainer.is_global_zero:
+        path = write_results(run_dir, record)
+        cols = ["task", "method", "split", *task.metric_names, "gmacs_per_example", "macs_ratio",
+                "padded_macs_ratio", "paper_macs_ratio", "examples"]
+        print(f"\n{format_table(flat_rows([record]), cols)}\n\nresults: {path}")
+    return record
+
+
+def _log_progress(progress: str) -> bool:
+    """``progress``: ``bar`` (Lightning's progress bar), ``log`` (:class:`dyntok.methods.callbacks.LogProgress` lines)
+    or ``auto`` (the bar in a terminal, lines otherwise).
+
+    Raises:
+        ConfigError: another value (names ``progress``).
+    """
+    from dyntok.errors import ConfigError
+
+    if progress not in ("auto", "bar", "log"):
+        raise ConfigError(f"progress must be 'auto', 'bar' or 'log', got {progress!r}")
+    return progress == "log" or (progress == "auto" and not sys.stderr.isatty())
+
+
+_SPAWN = {"ddp": "ddp_spawn", "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true"}
+
+
+def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.trainer`` for ``L.Trainer``, made safe for DDP inside a Hydra multirun.
+
+    Plain ``ddp`` starts ranks > 0 by re-running this command line, which in a multirun (``-m``) re-runs the
+    whole sweep. There, unless SLURM started the ranks (submitit with ``tasks_per_node`` = devices), the
+    strategy becomes ``ddp_spawn``. The DataModule shards its own batches: Lightning must not add a sampler.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    kw = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kw["use_distributed_sampler"] = False
+    strategy, devices = kw.get("strategy", "auto"), kw.get("devices", "auto")
+    several = kw.get("num_nodes", 1) > 1 or (
+        len(devices) > 1 if isinstance(devices, list) else devices not in (1, "1", "auto"))
+    if strategy == "auto" and several:
+        strategy = "ddp"  # what Lightning picks for several devices
+    if (strategy in _SPAWN and several and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+            and not SLURMEnvironment.detect()):
+        log.info("multirun: trainer.strategy=%s runs as %s (plain ddp would re-run the sweep in each rank)",
+                 kw.get("strategy", "auto"), _SPAWN[strategy])
+        kw["strategy"] = _SPAWN[strategy]
+    return kw
+
+
+def _logged(trainer, prefix: str) -> dict[str, float]:
+    """The metrics logged under ``prefix`` (``test/``), without it; ``examples`` as an int."""
+    vals = {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+    if "examples" in vals:
+        vals["examples"] = int(vals["examples"])
+    return vals
+
+
+def _best_score(ckpt_cb, best: str | None) -> float | None:
+    """The monitored validation score of the best checkpoint."""
+    if ckpt_cb.best_model_score is not None:
+        return float(ckpt_cb.best_model_score)
+    if best:  # ddp_spawn hands the main process the best path only; the checkpoint records the score
+        import torch
+
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        score = state.get("callbacks", {}).get(ckpt_cb.state_key, {}).get("best_model_score")
+        return float(score) if score is not None else None
+    return None
