@@ -209,8 +209,8 @@ def run_benchmark(
         torch.set_num_threads(threads)
     dims = ModelDims.from_encoder(net)
 
-    def call(row: _Row, i: int) -> torch.Tensor | None:
-        """One forward of batch i; returns the executed kept counts (None for the HF row)."""
+    def call(row: _Row, i: int) -> Any:
+        """One forward of batch i; returns what the encoder executed (None for the HF row)."""
         b = batches[i]
         if row.kind == "hf":
             enc.backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
@@ -220,7 +220,7 @@ def run_benchmark(
             enc.significance = row.significance
         out = net(b["input_ids"], b["attention_mask"], b.get("token_type_ids"),
                   lengths=lengths[id(row)][i] if row.config is not None else None)
-        return out.encoder.kept
+        return out.encoder
 
     macs = {id(r): MacsReport(dims, max_length=max_length) for r in rows}
     padded_batch = {id(r): 0.0 for r in rows}
@@ -236,11 +236,16 @@ def run_benchmark(
             for row, kind in tqdm(steps, desc="bench", disable=not progress, leave=False):
                 if kind == "record":
                     for i in range(len(batches)):
-                        kept = call(row, i)
+                        executed = call(row, i)
                         n = real[i].cpu()
-                        k = n.unsqueeze(1).expand(-1, L) if kept is None else kept.cpu()
-                        macs[id(row)].update(n, k)
-                        padded_batch[id(row)] += batch_macs(dims, batches[i]["input_ids"].size(1), k).sum().item()
+                        if executed is None:  # Hugging Face's forward: every token at every layer
+                            macs[id(row)].update(n, n.unsqueeze(1).expand(-1, L))
+                            k, inputs = n.unsqueeze(1).expand(-1, L), None
+                        else:
+                            macs[id(row)].update_from(executed)
+                            k, inputs = executed.kept.cpu(), executed.inputs
+                        padded_batch[id(row)] += batch_macs(dims, batches[i]["input_ids"].size(1), k,
+                                                            inputs).sum().item()
                     continue
                 per_batch = pass_ms(partial(call, row), range(len(batches)), dev)
                 if kind == "timed":

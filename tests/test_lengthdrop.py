@@ -210,10 +210,18 @@ def test_token_mode_sampling_is_bounded_monotone_and_steps_only_where_layers_run
             else:  # one step of the chain, never two
                 assert max(2, math.ceil((1 - p) * prev - 1e-9)) <= c <= prev
             prev = c
-    smallest, none = m.sandwich(max_length)[0]
-    assert none is None  # the smallest sub-model runs every layer
-    assert [int(v) for v in smallest.values] == _chain(max_length, p, 3)
+    smallest, skip = m.sandwich(max_length)[0]  # LayerDrop too (the authors'): its chain steps where layers run
+    assert (skip is None) == (drop == 0)
+    want, cur = [], max_length
+    for j in range(3):
+        if skip is None or not skip[j]:
+            cur = max(2, math.ceil((1 - p) * cur - 1e-9))
+        want.append(cur)
+    assert [int(v) for v in smallest.values] == want
     assert full is None or not all(full)
+    m.layer_drop_smallest = False  # dyntok's earlier rule: the smallest runs every layer
+    smallest, none = m.sandwich(max_length)[0]
+    assert none is None and [int(v) for v in smallest.values] == _chain(max_length, p, 3)
 
 
 def _chain(l0: int, p: float, layers: int) -> list[int]:

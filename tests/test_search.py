@@ -174,8 +174,9 @@ def test_each_iteration_adds_that_many_new_genes_with_distinct_parents(tmp_path,
     monkeypatch.setattr(search, "crossover", spy)
     calls: list = []
     ev, macs = _problem(calls)
+    # dyntok's earlier rule: genes new to this search, each scored once
     s = EvolutionarySearch(ev, macs, 4, 32, 0.35, population=6, iterations=3, mutations=5, crossovers=4, seed=1,
-                           progress=False)
+                           progress=False, fill="unseen")
     res = s.run()
     assert len(calls) == len(set(calls)) == len(s.initial_population()) + 3 * (5 + 4)
     assert res.evaluated == len(calls) and s.short_iterations == 0

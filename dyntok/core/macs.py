@@ -148,11 +148,22 @@ def padded_macs(dims: ModelDims, max_length: int, batch_size: int = 1) -> torch.
     return full_macs(dims, torch.full((batch_size,), int(max_length), dtype=torch.long))
 
 
-def batch_macs(dims: ModelDims, padded_length: int, kept: torch.Tensor) -> torch.Tensor:
+def batch_macs(dims: ModelDims, padded_length: int, kept: torch.Tensor, inputs: torch.Tensor | None = None
+               ) -> torch.Tensor:
     """(B,) encoder MACs a padded batch executed: the encoder runs every row at the batch's widest
-    width, T = ``padded_length`` in, then ``kept.max(0)`` after each layer (what wall-clock follows)."""
+    width, T = ``padded_length`` in, then ``kept.max(0)`` after each layer (what wall-clock follows);
+    ``inputs`` as in :func:`encoder_macs` (a layer that takes every position again runs at width T)."""
+    B = kept.size(0)
     width = kept.max(0).values.unsqueeze(0).expand_as(kept)
-    return encoder_macs(dims, torch.full((kept.size(0),), int(padded_length)), width)
+    T = torch.full((B,), int(padded_length))
+    if inputs is not None:
+        # a layer taking more tokens than the one before kept runs on the whole padded width again
+        again = (inputs.cpu() > torch.cat([T.unsqueeze(1), kept.cpu()[:, :-1]], 1)).any(0)
+        width = torch.where(again.unsqueeze(0), T.unsqueeze(1), width)
+        ins = torch.cat([T.unsqueeze(1), width[:, :-1]], 1)
+        ins = torch.where(again.unsqueeze(0), T.unsqueeze(1), ins)
+        return encoder_macs(dims, T, width, inputs=ins)
+    return encoder_macs(dims, T, width)
 
 
 def executed_lengths(cfg: LengthConfig, input_lengths: torch.Tensor, restore: str | None = None
@@ -233,6 +244,12 @@ class MacsReport(torchmetrics.Metric):
         self.examples_f += n.numel()
         self.input_tokens += float(n.sum())
         self.kept_tokens += kept.detach().to(device=dev, dtype=torch.float64).sum(0)
+
+    def update_from(self, out: Any) -> None:
+        """Add a batch as the encoder executed it, from its :class:`~dyntok.core.encoder.EncoderOutput`
+        (``input_lengths``, ``kept`` and ``inputs``): the one way evaluation, prediction and the benchmark count
+        MACs, so a layer that ran on more tokens than the one before kept (``restore="last_layer"``) counts."""
+        self.update(out.input_lengths, out.kept, inputs=out.inputs)
 
     def _head(self, n: torch.Tensor) -> float:
         return head_macs(self.dims, n, self.problem).sum().item() if self.problem else 0.0

@@ -13,24 +13,38 @@ uncached ones exactly (tested).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from dyntok.core.encoder import Flow
 from dyntok.core.lengths import LengthConfig
 
 
-def _nbytes(x: Any) -> int:
-    if isinstance(x, torch.Tensor):
-        return x.element_size() * x.nelement()
-    if isinstance(x, Flow):
-        return sum(_nbytes(t) for t in (x.h, x.buffer) if t is not None)
-    if isinstance(x, tuple):
-        return sum(_nbytes(t) for t in x)
-    return 0
+def held_bytes(value: Any) -> int:
+    """Bytes of tensor storage ``value`` keeps alive: every tensor it reaches through dataclasses
+    (:class:`~dyntok.core.encoder.Flow`, :class:`~dyntok.core.encoder.EncoderOutput`), tuples, lists and dicts,
+    each storage counted once and whole (a view holds its base)."""
+    seen: dict[int, int] = {}
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            st = x.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            for f in dataclasses.fields(x):
+                walk(getattr(x, f.name))
+        elif isinstance(x, tuple | list):
+            for y in x:
+                walk(y)
+        elif isinstance(x, dict):
+            for y in x.values():
+                walk(y)
+
+    walk(value)
+    return sum(seen.values())
 
 
 class PrefixCache:
@@ -40,7 +54,8 @@ class PrefixCache:
     Args:
         model: the task model; it must not change while the cache lives.
         batches: collated batches (``input_ids``, ``attention_mask``, ``token_type_ids``), on the model's device.
-        max_bytes: bound on the cached states (bytes); 0 caches nothing (every call computes all layers).
+        max_bytes: bound on the tensor storage the cached entries hold (bytes, :func:`held_bytes` of each
+            entry; storage shared by two entries counts twice, so the bound holds); 0 caches nothing.
 
     Attributes:
         layers_run: layers computed (feed-forward at least); layers_reused: whole layers taken from the cache;
@@ -60,14 +75,14 @@ class PrefixCache:
         return None
 
     def _put(self, key: tuple, value: Any) -> None:
-        size = _nbytes(value)
+        size = held_bytes(value)
         if size > self.max_bytes:
             return
         self._store[key] = value
         self._bytes += size
         while self._bytes > self.max_bytes:
             _, old = self._store.popitem(last=False)
-            self._bytes -= _nbytes(old)
+            self._bytes -= held_bytes(old)
 
     @torch.inference_mode()
     def logits(self, i: int, config: LengthConfig | None) -> tuple[torch.Tensor, Any]:

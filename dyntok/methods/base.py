@@ -171,7 +171,7 @@ class TaskModule(L.LightningModule):
         out = self.infer(batch) if self.trainer.testing else self.validation_forward(batch)
         loss = self.task_loss(out.logits, batch["labels"])
         self.update_metrics(metrics, out.logits, batch)
-        macs.update(out.encoder.input_lengths, out.encoder.kept, inputs=out.encoder.inputs)
+        macs.update_from(out.encoder)
         return loss
 
     def _max_length(self) -> int:

@@ -75,13 +75,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     """A run config stored by an earlier dyntok in today's form (a copy): gates runs before the method node
-    carried its ``regularizer`` took it from the top-level group."""
+    carried its ``regularizer`` took it from the top-level group; ``method.search.fill=new`` (genes never
+    scored in this search) is today's ``unseen``."""
     import copy
 
     config = copy.deepcopy(config)
     method = config.get("method") or {}
     if method.get("name") == "gates" and "regularizer" not in method and "regularizer" in config:
         method["regularizer"] = config["regularizer"]
+    search = method.get("search") or {}
+    if search.get("fill") == "new":
+        search["fill"] = "unseen"
     return config
 
 

@@ -76,9 +76,20 @@ class SearchConfig:
     init: str = "retention"
     """Initial population: evenly spaced in mean retention (``retention``, the authors') or in constant ratio
     (``ratio``, dyntok's earlier one)."""
-    fill: str = "new"
-    """Offspring: draw until that many new in-bounds genes exist (``new``, the authors') or make that many
-    draws (``attempts``)."""
+    fill: str = "population"
+    """Offspring: draw until that many in-bounds genes not in the current population were accepted
+    (``population``, the authors'; one scored before is replayed free), genes never scored in this search
+    (``unseen``, dyntok's earlier rule), or make that many draws (``attempts``)."""
+    parents: str = "population"
+    """Parents: the population (frontier plus the most expensive gene) as it grows during an iteration
+    (``population``, the authors') or the Pareto frontier fixed at the iteration's start (``frontier``)."""
+    racing: bool = False
+    """Score each new gene in stages and stop once it cannot reach the frontier (classification accuracy
+    only; not in the paper). False scores every gene on every example, as the authors."""
+    racing_start: float = 0.25
+    """Share of the search examples racing scores before its first look (then a look after every batch)."""
+    racing_z: float = 3.0
+    """Racing stops a gene when accuracy + racing_z binomial standard errors is below the frontier."""
     cache_mb: float = 1024
     """Bound (MB) on the layers the search keeps to share between genes (0: none; the scores are the same)."""
     eval_batch_size: int = 128
@@ -90,7 +101,11 @@ class SearchConfig:
         check_choice("method.search.budget_unit", self.budget_unit, ("ratio", "gmacs", "ms"))
         check_choice("method.search.budget_baseline", self.budget_baseline, ("real", "padded"))
         check_choice("method.search.init", self.init, ("retention", "ratio"))
-        check_choice("method.search.fill", self.fill, ("new", "attempts"))
+        check_choice("method.search.fill", self.fill, ("population", "unseen", "attempts"))
+        check_choice("method.search.parents", self.parents, ("population", "frontier"))
+        if not 0 < self.racing_start < 1 or self.racing_z <= 0:
+            raise ConfigError(f"method.search.racing_start must be in (0, 1) and method.search.racing_z > 0, got "
+                              f"{self.racing_start} and {self.racing_z}")
         if self.budget <= 0 or (self.budget_unit == "ratio" and self.budget > 1):
             raise ConfigError(f"method.search.budget={self.budget} out of range for budget_unit={self.budget_unit} "
                               "(ratio: (0, 1]; gmacs and ms: > 0)")
@@ -116,6 +131,9 @@ class LengthDropConfig:
     """The padded input length (``task.max_length``): l_0 of ``tokens`` and the genes' reference."""
     layer_drop: float = 0.2
     """Probability of skipping each layer in the full model and the random sub-models (paper: 0.2)."""
+    layer_drop_smallest: bool = True
+    """The smallest sub-model takes LayerDrop too, its chain stepping only at layers that run (the authors'
+    ``sample_layer_configuration`` draws the layers first for every sub-model); false: it runs every layer."""
     num_sandwich: int = 2
     """Random sub-models per step besides the full and the smallest (paper: 2)."""
     kd_direction: str = "forward"

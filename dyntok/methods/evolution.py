@@ -1,27 +1,44 @@
 """Evolutionary search over length configurations (Kim & Cho 2021, Sec. 3.3 and Alg. 1; the authors' code,
-``length_adaptive_transformer/evolution.py`` and ``run_squad.py``).
+github:clovaai/length-adaptive-transformer, ``length_adaptive_transformer/evolution.py`` (the ``Evolution``
+class) and the search loop of ``run_glue.py`` / ``run_squad.py``).
 
 A **gene** is a non-increasing tuple (l_1, ..., l_L) of kept tokens at a reference length T_ref
 (``data.max_length``). With ``method.length_unit=tokens`` (the authors') it is absolute: an input of n real
 tokens keeps min(l_j, n); with ``ratio`` (dyntok's default) it acts as the ratios l_j / T_ref of each input's
 real length (see :class:`dyntok.core.lengths.LengthConfig`). Objectives: compute (MACs, lower is better) and task
-score (higher is better).
+score (higher is better). With ``model.restore=last_layer`` the last layer runs on every token, so a gene's last
+entry is no choice: it is held at the floor (:func:`canonical_gene`) and bounds nothing.
 
-As the authors (the default; dyntok's earlier variants are named options):
+The operators, as the authors' (default) and dyntok's earlier variants (named options):
 
-- Initial population: the smallest gene (l_j = ceil((1 - p) l_{j-1}), the LengthDrop floor), the full one,
-  and ``population`` constant-drop genes whose mean retention sum_j l_j / (L T_ref) is evenly spaced between
-  theirs (``init="retention"``; ``"ratio"``: ``population`` genes l_j = ceil(q l_{j-1}), q evenly spaced
-  from 1 - p to 1).
-- Each iteration keeps the **Pareto frontier** of everything evaluated, then draws mutants (each layer
-  resampled with probability ``mutation_prob`` uniformly between its neighbours, so the gene stays monotone;
-  the last layer keeps at least ``floor`` = 2 tokens) and crossovers (element-wise ceil of the mean of two
-  distinct frontier parents) until ``mutations`` and ``crossovers`` genes new to this search and within
-  bounds exist (``fill="new"``; an attempt cap warns when the space is exhausted; ``"attempts"``: exactly
-  that many draws, new or not). Genes whose MACs fall outside [smallest, full] are rejected unevaluated.
-  (The authors' loop also counts a gene evaluated in an earlier iteration that has left the frontier.)
-- Every evaluated gene is appended to a JSON-lines **store**; a rerun replays it (same seed, same genes, no
-  re-evaluation), so an interrupted search resumes and ends with the same frontier.
+- **Initial population** (``run_glue.py``: ``lower_gene``, ``upper_gene``, ``inverse(approx_ratio(...))``): the
+  smallest gene (l_j = ceil((1 - p) l_{j-1}), the LengthDrop floor), the full one, and ``population``
+  constant-drop genes whose mean retention sum_j l_j / (L T_ref) is evenly spaced between theirs
+  (``init="retention"``; ``"ratio"``: ``population`` genes l_j = ceil(q l_{j-1}), q evenly spaced in [1 - p, 1]).
+- **Population** (``Evolution.pareto_frontier``): at each iteration's start, the Pareto frontier of the
+  population plus its most expensive gene (kept whatever it scores, so crossover always has two parents):
+  :func:`search_population`.
+- **Parents** (``Evolution.mutate`` / ``crossover``: ``random.choice(self.population)``): drawn from the
+  population as it grows during the iteration, every accepted gene joining it at once (``parents="population"``);
+  ``"frontier"``: from the Pareto frontier alone, fixed at the iteration's start (dyntok's earlier rule).
+- **Mutation** (``Evolution.mutate``): each layer resampled with probability ``mutation_prob`` uniformly in
+  [l_{j+1} of the parent, l_{j-1} of the mutant] (the first layer's upper bound T_ref, the last layer's lower
+  bound ``floor`` = 2, the authors' ``min_length``), so the gene stays monotone: :func:`mutate`.
+- **Crossover** (``Evolution.crossover``): two distinct parents (``random.sample(population, 2)``), element-wise
+  (a + b + 1) // 2, the ceiling of the mean: :func:`crossover`.
+- **Offspring** (``run_glue.py``: ``while k < mutation_size: if trainer.mutate(...): k += 1``): draws go on
+  until ``mutations`` (then ``crossovers``) genes were accepted: in bounds and not in the current population
+  (``fill="population"``; a gene scored before, even in an earlier run, is replayed from the store at no cost).
+  ``"unseen"``: not evaluated before in this search (dyntok's earlier rule); ``"attempts"``: exactly that many
+  draws. An attempt cap (``max_attempts`` per wanted gene) warns when the space is exhausted.
+- **Bounds** (``Evolution.add_gene``: ``lower_constraint`` / ``upper_constraint``): genes whose MACs fall
+  outside [smallest, full] are rejected unevaluated.
+- **Racing** (not in the paper; ``racing=True``): the evaluator also gets the population's envelope at the
+  gene's MACs (the best score at equal or fewer MACs) and may stop scoring once the gene cannot reach it
+  (:meth:`dyntok.methods.search.LengthSearch` scores the examples in stages).
+
+Every evaluated gene is appended to a JSON-lines **store**; a rerun replays it (same seed, same genes, no
+re-evaluation), so an interrupted search resumes and ends with the same frontier.
 The search of a trained model, with the budget's choice and optional re-scoring:
 :class:`dyntok.methods.search.LengthSearch`.
 """
@@ -53,13 +70,35 @@ log = logging.getLogger("dyntok")
 GENE_FLOOR = 2  # fewest tokens a gene keeps at its last layer (the authors' min_length)
 
 
-def constant_ratio_gene(q: float, num_layers: int, ref_length: int, floor: int = 1) -> Gene:
-    """l_j = max(ceil(q * l_{j-1}), floor), l_0 = ref_length (q = 1 - p: the LengthDrop smallest sub-model)."""
+def constant_ratio_gene(q: float, num_layers: int, ref_length: int, floor: int = 1,
+                        skip: Sequence[bool] | None = None) -> Gene:
+    """l_j = max(ceil(q * l_{j-1}), floor), l_0 = ref_length (q = 1 - p: the LengthDrop smallest sub-model);
+    a layer ``skip`` marks (LayerDrop) keeps its input length, so the chain steps only at layers that run (the
+    authors' ``sample_length_configuration`` with a ``layer_config``)."""
     genes, cur = [], ref_length
-    for _ in range(num_layers):
-        cur = max(floor, math.ceil(q * cur - 1e-9))
+    for j in range(num_layers):
+        if skip is None or not skip[j]:
+            cur = max(floor, math.ceil(q * cur - 1e-9))
         genes.append(cur)
     return tuple(genes)
+
+
+def canonical_gene(gene: Gene, restore: str | None, floor: int) -> Gene:
+    """The gene as the search keeps it. ``restore="last_layer"``: the last layer runs on every token whatever
+    its entry says, so the entry is held at ``floor``; it then bounds nothing (a copy of the entry before it
+    would be the lower bound of that entry in :func:`mutate`, which could then never fall)."""
+    return (*gene[:-1], floor) if restore == "last_layer" and len(gene) > 1 else tuple(gene)
+
+
+def search_population(points: Sequence[Point]) -> list[Point]:
+    """The parents of an iteration: the Pareto frontier of ``points`` plus the most expensive point (highest
+    MACs, then score), as the authors' ``Evolution.pareto_frontier`` always keeps the last gene; sorted by MACs."""
+    front = pareto_frontier(points)
+    if points:
+        top = max(points, key=lambda p: (p.macs, p.score))
+        if top.gene not in {p.gene for p in front}:
+            front.append(top)
+    return front
 
 
 def mean_retention(gene: Gene, ref_length: int) -> float:
@@ -100,12 +139,13 @@ def mutate(gene: Gene, prob: float, ref_length: int, rng: random.Random, floor: 
 
 
 def crossover(a: Gene, b: Gene) -> Gene:
-    """Element-wise ceil of the mean of two monotone genes (monotone again)."""
-    return tuple(math.ceil((x + y) / 2) for x, y in zip(a, b, strict=True))
+    """Element-wise (x + y + 1) // 2, the ceiling of the mean, of two monotone genes (monotone again)."""
+    return tuple((x + y + 1) // 2 for x, y in zip(a, b, strict=True))
 
 
 class SearchStore:
-    """Evaluated genes in a JSON-lines file, one ``{"gene", "macs", "score"}`` per line.
+    """Evaluated genes in a JSON-lines file, one ``{"gene", "macs", "score"}`` per line (``"raced": true`` for a
+    gene whose scoring racing stopped early: its score is that of the examples scored).
 
     A half-written last line (the process was killed while writing) is ignored.
 
@@ -116,6 +156,7 @@ class SearchStore:
     def __init__(self, path: str | os.PathLike | None, meta: dict[str, Any] | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self.points: dict[Gene, Point] = {}
+        self.raced: set[Gene] = set()
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +183,8 @@ class SearchStore:
                     raise DataError(f"{self.path}:{i}: not a JSON search record") from None
                 p = Point(tuple(rec["gene"]), float(rec["macs"]), float(rec["score"]))
                 self.points[p.gene] = p
+                if rec.get("raced"):
+                    self.raced.add(p.gene)
 
     def __contains__(self, gene: Gene) -> bool:
         return gene in self.points
@@ -149,35 +192,55 @@ class SearchStore:
     def get(self, gene: Gene) -> Point:
         return self.points[gene]
 
-    def add(self, p: Point) -> None:
+    def add(self, p: Point, raced: bool = False) -> None:
         self.points[p.gene] = p
+        if raced:
+            self.raced.add(p.gene)
         if self.path is not None:
+            rec = {"gene": list(p.gene), "macs": p.macs, "score": p.score, **({"raced": True} if raced else {})}
             with self.path.open("a") as f:
-                f.write(json.dumps({"gene": list(p.gene), "macs": p.macs, "score": p.score}) + "\n")
+                f.write(json.dumps(rec) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
 
 
 @dataclass
 class SearchResult:
-    """``frontier``: the Pareto frontier of ``points``, every in-bounds gene the run considered."""
+    """``frontier``: the Pareto frontier of ``points``, every in-bounds gene the run considered.
+
+    ``evaluated``: genes scored in this run; ``cached``: genes replayed from the store (an earlier run, or a gene
+    that left the population and came back); ``raced``: of the scored genes, those racing stopped early."""
 
     frontier: list[Point]
     evaluated: int
     cached: int
     seconds: float
     points: list[Point] = field(default_factory=list)
+    raced: int = 0
 
     @property
     def evals_per_minute(self) -> float:
         return 60 * self.evaluated / self.seconds if self.seconds > 0 else float("inf")
 
 
+@dataclass(frozen=True)
+class Birth:
+    """How a gene joined the population: ``method`` ``initial``, ``mutation`` or ``crossover``, its
+    ``parents`` and the ``iteration`` (0 for the initial population), as the authors' store records them."""
+
+    iteration: int
+    method: str
+    parents: tuple[Gene, ...]
+    gene: Gene
+
+
 class EvolutionarySearch:
     """The LAT evolutionary search (module docstring).
 
     Args:
-        evaluate: gene -> task score on the search split (higher is better).
+        evaluate: gene -> task score on the search split (higher is better); with ``racing``, (gene, bar) ->
+            (score, finished), where ``bar`` is the population's best score at equal or fewer MACs (-inf if
+            none) and ``finished`` False says scoring stopped early because the gene could not reach it.
         macs: gene -> MACs per example (the objective's, on the search split or at the padded length).
         num_layers: L.
         ref_length: T_ref, tokens a gene's counts are measured against.
@@ -186,32 +249,38 @@ class EvolutionarySearch:
             20, 100, 30, 30, 0.5; dyntok's config defaults 20, 30, 30, 30, 0.5).
         seed: the search's own RNG seed.
         store: a :class:`SearchStore` (evaluated genes; resume).
-        progress: show a progress bar (evaluations done and left).
+        progress: show a progress bar (genes considered).
         init: ``retention`` (authors') or ``ratio`` (module docstring).
-        fill: ``new`` (authors': draw until that many new in-bounds genes) or ``attempts`` (that many draws).
+        parents: ``population`` (authors': the growing population) or ``frontier`` (the Pareto frontier of
+            every gene considered, fixed at the iteration's start, without the most expensive gene).
+        fill: ``population`` (authors': draw until that many accepted genes, new to the population),
+            ``unseen`` (new to this search) or ``attempts`` (that many draws).
         floor: fewest tokens of a gene's last layer (authors' 2).
-        max_attempts: draws per wanted gene before ``fill="new"`` gives up on an iteration (with a warning).
-        canonical: maps a gene to the one it runs as (e.g. the last entry of ``restore="last_layer"``, which
-            runs every token whatever it says), so equivalent genes are evaluated once.
+        max_attempts: draws per wanted gene before an iteration gives up (with a warning).
+        canonical: maps a gene to the one it runs as (:func:`canonical_gene`), so equivalent genes are one.
+        racing: pass the envelope to ``evaluate`` (see ``evaluate``).
 
     Raises:
         ConfigError: sizes or options out of range.
     """
 
-    def __init__(self, evaluate: Callable[[Gene], float], macs: Callable[[Gene], float], num_layers: int,
+    def __init__(self, evaluate: Callable[..., Any], macs: Callable[[Gene], float], num_layers: int,
                  ref_length: int, length_drop_prob: float = 0.2, population: int = 20, iterations: int = 30,
                  mutations: int = 30, crossovers: int = 30, mutation_prob: float = 0.5, seed: int = 0,
                  store: SearchStore | None = None, progress: bool = True, init: str = "retention",
-                 fill: str = "new", floor: int = GENE_FLOOR, max_attempts: int = 50,
-                 canonical: Callable[[Gene], Gene] | None = None) -> None:
+                 fill: str = "population", floor: int = GENE_FLOOR, max_attempts: int = 50,
+                 canonical: Callable[[Gene], Gene] | None = None, parents: str = "population",
+                 racing: bool = False) -> None:
         if not 0 < length_drop_prob < 1:
             raise ConfigError(f"search length_drop_prob must be in (0, 1), got {length_drop_prob}")
         if population < 2 or iterations < 0 or mutations < 0 or crossovers < 0:
             raise ConfigError("search.population must be >= 2 and iterations, mutations, crossovers >= 0")
         if init not in ("retention", "ratio"):
             raise ConfigError(f"method.search.init must be 'retention' or 'ratio', got {init!r}")
-        if fill not in ("new", "attempts"):
-            raise ConfigError(f"method.search.fill must be 'new' or 'attempts', got {fill!r}")
+        if fill not in ("population", "unseen", "attempts"):
+            raise ConfigError(f"method.search.fill must be 'population', 'unseen' or 'attempts', got {fill!r}")
+        if parents not in ("population", "frontier"):
+            raise ConfigError(f"method.search.parents must be 'population' or 'frontier', got {parents!r}")
         if not 1 <= floor <= ref_length or max_attempts < 1:
             raise ConfigError(f"search floor must be in [1, {ref_length}] and max_attempts >= 1")
         self.evaluate_fn, self.macs_fn = evaluate, macs
@@ -223,13 +292,15 @@ class EvolutionarySearch:
         self.store = store or SearchStore(None)
         self.progress = progress
         self.init, self.fill, self.floor, self.max_attempts = init, fill, floor, max_attempts
+        self.parents, self.racing = parents, racing
         self.canonical = canonical or (lambda g: g)
         self.smallest = self.canonical(constant_ratio_gene(1 - length_drop_prob, num_layers, ref_length, floor))
         self.full = self.canonical(tuple([ref_length] * num_layers))
         self._macs_cache: dict[Gene, float] = {}
         self.min_macs, self.max_macs = self._macs(self.smallest), self._macs(self.full)
-        self.evaluated = self.cached = 0
+        self.evaluated = self.cached = self.raced = 0
         self.short_iterations = 0
+        self.lineage: list[Birth] = []
 
     def _macs(self, gene: Gene) -> float:
         if gene not in self._macs_cache:
@@ -240,16 +311,20 @@ class EvolutionarySearch:
         """Whether the gene's MACs lie within [smallest, full]."""
         return self.min_macs - 1e-6 <= self._macs(gene) <= self.max_macs + 1e-6
 
-    def _point(self, gene: Gene) -> Point | None:
-        """Evaluate (or replay) a gene; None if its compute is out of bounds."""
-        if not self.in_bounds(gene):
-            return None
+    def _point(self, gene: Gene, bar: float) -> Point:
+        """Score (or replay) an in-bounds gene; ``bar``: the population's envelope at its MACs (racing)."""
         if gene in self.store:
             self.cached += 1
             return self.store.get(gene)
-        p = Point(gene, self._macs(gene), float(self.evaluate_fn(gene)))
-        self.store.add(p)
+        finished = True
+        if self.racing:
+            score, finished = self.evaluate_fn(gene, bar)
+        else:
+            score = self.evaluate_fn(gene)
+        p = Point(gene, self._macs(gene), float(score))
+        self.store.add(p, raced=not finished)
         self.evaluated += 1
+        self.raced += not finished
         return p
 
     def initial_population(self) -> list[Gene]:
@@ -262,56 +337,43 @@ class EvolutionarySearch:
             genes = [constant_ratio_gene(q, self.L, self.ref, self.floor) for q in qs]
         return list(dict.fromkeys(self.canonical(g) for g in genes))
 
-    def _mutant(self, parents: Sequence[Gene]) -> Gene:
-        return self.canonical(mutate(self.rng.choice(parents), self.mutation_prob, self.ref, self.rng, self.floor))
-
-    def _child(self, parents: Sequence[Gene]) -> Gene | None:
-        if len(parents) < 2:
-            return None
-        a, b = self.rng.sample(list(parents), 2)  # two distinct parents
-        return self.canonical(crossover(a, b))
-
-    def _offspring(self, make: Callable[[], Gene | None], wanted: int, points: dict[Gene, Point],
-                   consider: Callable[[Gene], None]) -> None:
-        """Draw genes with ``make`` until ``wanted`` new in-bounds ones were considered (``fill="new"``, at
-        most ``max_attempts`` draws per wanted gene) or for ``wanted`` draws (``fill="attempts"``)."""
-        if self.fill == "attempts":
-            for _ in range(wanted):
-                gene = make()
-                if gene is not None:
-                    consider(gene)
-            return
-        found = attempts = 0
-        while found < wanted and attempts < wanted * self.max_attempts:
-            attempts += 1
-            gene = make()
-            if gene is None or gene in points or not self.in_bounds(gene):
-                continue
-            consider(gene)
-            found += 1
-        if found < wanted:
-            self.short_iterations += 1
-
     def run(self) -> SearchResult:
         start = time.time()
         total = len(self.initial_population()) + self.iterations * (self.mutations + self.crossovers)
         bar = progress_bar(total, "search", "gene", enabled=self.progress)
-        points: dict[Gene, Point] = {}
+        points: dict[Gene, Point] = {}  # every in-bounds gene considered
+        population: list[Gene] = []
 
-        def consider(gene: Gene) -> None:
-            p = self._point(gene)
+        def envelope(gene: Gene) -> float:
+            m = self._macs(gene)
+            return max((points[g].score for g in population if points[g].macs <= m + 1e-6), default=-math.inf)
+
+        def accept(gene: Gene, iteration: int, method: str, parents: tuple[Gene, ...]) -> bool:
+            """Consider one drawn gene; True when it joins the population (the authors' ``add_gene``)."""
+            if not self.in_bounds(gene):
+                return False
+            if (self.fill == "population" and gene in population) or (self.fill == "unseen" and gene in points):
+                return False
+            points[gene] = self._point(gene, envelope(gene))
             bar.update(1)
             bar.set_postfix(evaluated=self.evaluated, replayed=self.cached, refresh=False)
-            if p is not None:
-                points[gene] = p
+            if gene in population:  # fill="attempts" draws genes it has already
+                return False
+            population.append(gene)
+            self.lineage.append(Birth(iteration, method, parents, gene))
+            return True
 
         for g in self.initial_population():
-            consider(g)
+            accept(g, 0, "initial", ())
         warned = False
-        for _ in range(self.iterations):
-            parents = [p.gene for p in pareto_frontier(list(points.values()))]
-            self._offspring(partial(self._mutant, parents), self.mutations, points, consider)
-            self._offspring(partial(self._child, parents), self.crossovers, points, consider)
+        for it in range(1, self.iterations + 1):
+            population[:] = [p.gene for p in search_population([points[g] for g in population])]
+            if self.parents == "population":
+                pool = population
+            else:  # dyntok's earlier parents: the frontier of everything evaluated, fixed for the iteration
+                pool = [p.gene for p in pareto_frontier(list(points.values()))]
+            self._offspring(partial(self._mutant, pool, it, accept), self.mutations)
+            self._offspring(partial(self._child, pool, it, accept), self.crossovers)
             if self.short_iterations and not warned:
                 warned = True
                 log.warning("search: an iteration found fewer new in-bounds genes than asked for (%d mutations, %d "
@@ -319,7 +381,32 @@ class EvolutionarySearch:
                             self.mutations, self.crossovers, self.max_attempts)
         bar.close()
         return SearchResult(pareto_frontier(list(points.values())), self.evaluated, self.cached,
-                            time.time() - start, list(points.values()))
+                            time.time() - start, list(points.values()), self.raced)
+
+    def _mutant(self, pool: list[Gene], it: int, accept: Callable[..., bool]) -> bool:
+        parent = self.rng.choice(pool)
+        gene = self.canonical(mutate(parent, self.mutation_prob, self.ref, self.rng, self.floor))
+        return accept(gene, it, "mutation", (parent,))
+
+    def _child(self, pool: list[Gene], it: int, accept: Callable[..., bool]) -> bool:
+        if len(pool) < 2:
+            return False
+        a, b = self.rng.sample(pool, 2)  # two distinct parents
+        return accept(self.canonical(crossover(a, b)), it, "crossover", (a, b))
+
+    def _offspring(self, make: Callable[[], bool], wanted: int) -> None:
+        """Draw with ``make`` until ``wanted`` genes were accepted (at most ``max_attempts`` draws per wanted
+        gene), or for exactly ``wanted`` draws (``fill="attempts"``)."""
+        if self.fill == "attempts":
+            for _ in range(wanted):
+                make()
+            return
+        found = attempts = 0
+        while found < wanted and attempts < wanted * self.max_attempts:
+            attempts += 1
+            found += make()
+        if found < wanted:
+            self.short_iterations += 1
 
 
 def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):

@@ -3,8 +3,8 @@
 Training (Sec. 3.1-3.2; the authors' ``run_squad.py``), every step: the full model on the task loss; the
 smallest sub-model and ``num_sandwich`` LengthDrop sub-models on distillation towards the detached full-model
 outputs (sandwich rule + in-place distillation); all losses divided by ``num_sandwich + 2``. LayerDrop skips
-layers of the full model and of the random sub-models; a skipped layer keeps its input length, so the length
-chain advances only at layers that run. The smallest sub-model runs every layer.
+layers of the full model and of every sub-model, the smallest too (``method.layer_drop_smallest``); a skipped
+layer keeps its input length, so the length chain advances only at layers that run.
 
 After training, the evolutionary search (:class:`dyntok.methods.search.LengthSearch`) finds the score/MACs Pareto
 frontier on a split carved from the training data, and the best configuration under ``search.budget`` is used
@@ -52,6 +52,7 @@ class LengthDropModule(TaskModule):
         self.length_unit = o.length_unit
         self.max_length = int(o.max_length or self.model.encoder.config.max_position_embeddings)
         self.layer_drop = o.layer_drop
+        self.layer_drop_smallest = o.layer_drop_smallest
         self.num_sandwich = o.num_sandwich
         self.kd_direction = o.kd_direction
         self.finetune_epochs = o.finetune_epochs
@@ -83,9 +84,9 @@ class LengthDropModule(TaskModule):
             counts.append(cur)
         return LengthConfig.from_counts(counts, ref_length, self.length_unit)
 
-    def smallest(self, ref_length: int) -> LengthConfig:
-        """The smallest sub-model: l_j = ceil((1-p) l_{j-1}) at every layer."""
-        counts = constant_ratio_gene(1 - self.p, self.model.num_layers, ref_length, self.floor)
+    def smallest(self, ref_length: int, skip: list[bool] | None = None) -> LengthConfig:
+        """The smallest sub-model: l_j = ceil((1-p) l_{j-1}) at every layer that runs (``skip``: LayerDrop)."""
+        counts = constant_ratio_gene(1 - self.p, self.model.num_layers, ref_length, self.floor, skip)
         return LengthConfig.from_counts(counts, ref_length, self.length_unit)
 
     def sample_skip(self) -> list[bool] | None:
@@ -98,9 +99,12 @@ class LengthDropModule(TaskModule):
         return skip
 
     def sandwich(self, ref_length: int) -> list[tuple[LengthConfig, list[bool] | None]]:
-        """The sub-models of one step with their LayerDrop: the smallest (every layer runs), then
-        ``num_sandwich`` random ones (layers drawn first, then lengths along the layers that run)."""
-        subs = [(self.smallest(ref_length), None)]
+        """The sub-models of one step with their LayerDrop (layers drawn first, then lengths along the layers
+        that run): the smallest (LayerDrop too unless ``layer_drop_smallest`` is false), then ``num_sandwich``
+        random ones (the authors' ``trainer.py``, ``sample_layer_configuration`` then
+        ``sample_length_configuration``)."""
+        skip = self.sample_skip() if self.layer_drop_smallest else None
+        subs = [(self.smallest(ref_length, skip), skip)]
         for _ in range(self.num_sandwich):
             skip = self.sample_skip()
             subs.append((self.sample_lengths(ref_length, skip), skip))
@@ -203,6 +207,7 @@ class LengthDropModule(TaskModule):
         out = super().summary()
         out["search"] = self.search_summary or None
         out["lengthdrop"] = {"length_drop_prob": self.p, "length_unit": self.length_unit, "layer_drop": self.layer_drop,
+                             "layer_drop_smallest": self.layer_drop_smallest,
                              "num_sandwich": self.num_sandwich, "kd_direction": self.kd_direction}
         return out
 

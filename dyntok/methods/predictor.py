@@ -178,7 +178,7 @@ class Predictor:
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             out = self.forward(batch, length_config)
             self.module.update_metrics(metrics, out.logits, batch)
-            rep.update(out.encoder.input_lengths, out.encoder.kept, inputs=out.encoder.inputs)
+            rep.update_from(out.encoder)
         vals = {k: float(v) for k, v in metrics.compute().items()}
         vals.update(rep.compute())
         return vals

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from dyntok.methods.evolution import (
     Gene,
     SearchResult,
     SearchStore,
+    canonical_gene,
     constant_ratio_gene,
     progress_bar,
 )
@@ -72,9 +74,9 @@ class LengthSearch:
         return LengthConfig.from_counts(gene, self.ref, self.unit)
 
     def canonical(self, gene: Gene) -> Gene:
-        """The gene as it runs: with ``restore="last_layer"`` the last layer takes every token, so its entry is
-        set to the one before (equivalent genes collapse)."""
-        return (*gene[:-1], gene[-2]) if self.restore == "last_layer" and len(gene) > 1 else gene
+        """The gene as the search keeps it (:func:`~dyntok.methods.evolution.canonical_gene`): with
+        ``restore="last_layer"`` the last entry is held at the floor, the layer running every token."""
+        return canonical_gene(gene, self.restore, self.m.floor)
 
     def _macs(self, cfg: LengthConfig, lengths: torch.Tensor) -> float:
         from dyntok.core.macs import length_config_macs
@@ -146,6 +148,51 @@ class LengthSearch:
         score.cache = cache
         return score
 
+    def _racer(self, batches: list[dict[str, torch.Tensor]], split: str) -> Callable:
+        """(gene, bar) -> (accuracy, finished): racing (``search.racing``, not in the paper). Batches are scored
+        in an order spread over their lengths (the loader sorts them by length); from ``racing_start`` of the
+        examples on, after every batch, scoring stops when accuracy + ``racing_z`` binomial standard errors
+        falls below ``bar`` (the population's best score at equal or fewer MACs): such a gene cannot join the
+        frontier. A gene that is not stopped gets exactly the score :meth:`_scorer` gives.
+
+        Raises:
+            ConfigError: the task's main metric is not classification accuracy (naming ``method.search.racing``).
+        """
+        task = self.m.task
+        if task.problem != "classification" or task.main_metric != "accuracy":
+            raise ConfigError(f"method.search.racing=true needs a classification task scored by accuracy; "
+                              f"{task.name} is scored by {task.main_metric}: set method.search.racing=false")
+        exact = self._scorer(batches, split)
+        cache = exact.cache
+        order = sorted(range(len(batches)), key=lambda i: (i * 0.6180339887498949) % 1.0)
+        total = sum(int(b["labels"].numel()) for b in batches)
+        start, z = float(self.s["racing_start"]) * total, float(self.s["racing_z"])
+        model = self.m.model
+
+        def score(gene: Gene, bar: float) -> tuple[float, bool]:
+            cfg = self.config(gene)
+            correct = seen = 0
+            was_training = model.training
+            model.eval()
+            try:
+                for i in order:
+                    b = batches[i]
+                    logits = cache.logits(i, cfg)[0]
+                    correct += int((logits.argmax(-1) == b["labels"]).sum())
+                    seen += int(b["labels"].numel())
+                    if start <= seen < total:
+                        acc = correct / seen
+                        # a floor on the variance: a stage of all-right or all-wrong answers is no certainty
+                        se = math.sqrt(max(acc * (1 - acc), 0.01) / seen)
+                        if acc + z * se < bar:
+                            return acc, False
+            finally:
+                model.train(was_training)
+            return exact(cfg), True
+
+        score.cache = cache
+        return score
+
     # ---- the search -------------------------------------------------------------------------------------
     def run(self) -> tuple[LengthConfig, dict[str, Any]]:
         """Search, choose under the budget, write the frontier files.
@@ -168,12 +215,19 @@ class LengthSearch:
                 **({"budget_baseline": s["budget_baseline"]} if s["budget_baseline"] != "real" else {}),
                 **({"restore": self.restore} if self.restore == "last_layer" else {}),
                 "length_drop_prob": m.p}
+        if s["racing"]:  # racing's scores of stopped genes are partial: never shared with an exact search
+            meta.update(racing=True, racing_start=s["racing_start"], racing_z=s["racing_z"])
         store = SearchStore(store_path, meta=meta)
-        score = self._scorer(batches, s["split"])
+        if s["racing"]:
+            score = self._racer(batches, s["split"])
+            evaluate = score
+        else:
+            score = self._scorer(batches, s["split"])
+            evaluate = lambda g: score(self.config(g))  # noqa: E731
         search = EvolutionarySearch(
-            lambda g: score(self.config(g)), macs, self.L, self.ref, m.p, s["population"], s["iterations"],
+            evaluate, macs, self.L, self.ref, m.p, s["population"], s["iterations"],
             s["mutations"], s["crossovers"], s["mutation_prob"], s["seed"], store, init=s["init"], fill=s["fill"],
-            floor=m.floor, canonical=self.canonical)
+            floor=m.floor, canonical=self.canonical, parents=s["parents"], racing=s["racing"])
         result = search.run()
         frontier, rescored = result.frontier, None
         if s["rescore_examples"]:
@@ -197,7 +251,8 @@ class LengthSearch:
         paper_full = self.paper_macs(LengthConfig.full(self.L))
         summary = {
             "frontier_size": len(frontier), "search_frontier_size": len(result.frontier), **(rescored or {}),
-            "evaluated": result.evaluated, "replayed_from_store": result.cached, "seconds": result.seconds,
+            "evaluated": result.evaluated, "replayed_from_store": result.cached, "raced": result.raced,
+            "racing": s["racing"], "parents": s["parents"], "seconds": result.seconds,
             "evals_per_minute": result.evals_per_minute, "store": str(store_path), "search_split": s["split"],
             "search_examples": len(lengths), "search_min_length": s["min_length"], "length_unit": self.unit,
             "init": s["init"], "fill": s["fill"], "short_iterations": search.short_iterations,
@@ -209,9 +264,9 @@ class LengthSearch:
             "chosen_ms_per_example": latency[best.gene], "full_ms_per_example": full_latency,
             "chosen_speedup": full_latency / latency[best.gene],
         }
-        log.info("search: %d evaluated, %d replayed, %.1f evals/min (cache reused %d of %d layers); chosen %s "
-                 "(%.3fx MACs at real length, %.3fx padded, %s %.4f on %s)", result.evaluated, result.cached,
-                 result.evals_per_minute, cache.layers_reused, cache.layers_reused + cache.layers_run,
+        log.info("search: %d evaluated (%d stopped early by racing), %d replayed, %.1f evals/min (cache reused %d "
+                 "of %d layers); chosen %s (%.3fx MACs at real length, %.3fx padded, %s %.4f on %s)", result.evaluated,
+                 result.raced, result.cached, result.evals_per_minute, cache.layers_reused, cache.layers_reused + cache.layers_run,
                  list(best.gene), summary["chosen_macs_ratio"], summary["chosen_paper_macs_ratio"],
                  m.task.main_metric, best.score, s["split"])
         self._write_frontier(frontier, lengths, latency, full_latency, summary)
