@@ -34,7 +34,7 @@ def store(stage: Path) -> dict[tuple, dict]:
 
 
 def main(docs: Path) -> None:
-    stages = {name: load(docs / name) for name in ("exact_cache0", "exact_cache1024", "racing")}
+    stages = {name: load(docs / name) for name in ("exact_cache0", "exact_cache1024", "racing", "bf16")}
     train = load(docs / "train")
     print("# LAT search speed on 2 CPU cores (SST-2, MiniLM)\n")
     print("Command: `benchmarks/sst2_search_speed.sh ../shared/data/glue runs/sst2_search_speed`\n")
@@ -91,6 +91,19 @@ def main(docs: Path) -> None:
         same = [g for g in racing if g in exact and not racing[g].get("raced")]
         agree = all(abs(racing[g]["score"] - exact[g]["score"]) < 1e-12 for g in same)
         print(f"- Genes racing scored to the end carry exactly the exact search's score: {agree} ({len(same)} shared).")
+    half = store(docs / "bf16")
+    if exact and half and stages["bf16"]:
+        ex, bf = stages["exact_cache1024"]["search"], stages["bf16"]["search"]
+        p = ex["chosen_search_score"]
+        se = math.sqrt(p * (1 - p) / ex["search_examples"])
+        shared = [g for g in half if g in exact]
+        diffs = [abs(half[g]["score"] - exact[g]["score"]) * ex["search_examples"] for g in shared]
+        fp32 = exact.get(tuple(bf["chosen_gene"]), {}).get("score")
+        fp32_txt = f"{100 * fp32:.2f}% in fp32" if fp32 is not None else "not scored in fp32"
+        print(f"- bf16 scoring: chosen under 0.4x {bf['chosen_gene']} ({fp32_txt}; bf16 {100 * bf['chosen_search_score']:.2f}%) "
+              f"against fp32's {ex['chosen_gene']} at {100 * p:.2f}% (standard error {100 * se:.2f} points). "
+              f"Of {len(shared)} genes both scored, {sum(d < 0.5 for d in diffs)} got the same score; at most "
+              f"{max(diffs, default=0):.0f} examples apart.")
     prof = docs / "profile" / "profile.txt"
     if prof.exists():
         print(f"\nProfile of one iteration: [{prof.relative_to(docs)}]({prof.relative_to(docs)}).")

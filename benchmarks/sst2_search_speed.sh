@@ -8,6 +8,7 @@
 #   exact_cache0     exact scoring, no prefix cache          (method.search.cache_mb=0)
 #   exact_cache1024  exact scoring, 1 GB prefix cache        (same genes: the frontier must be identical)
 #   racing           racing, 1 GB prefix cache               (method.search.racing=true)
+#   bf16             exact scoring in bfloat16, 1 GB cache   (method.search.precision=bf16)
 #   profile          one iteration of exact scoring under torch.profiler (where the time goes)
 # Each stage takes under 15 minutes here and writes its small outputs under docs/benchmarks/sst2_search_speed/
 # <stage>/ (results.json, frontier.json, the search store, the log's last lines; never checkpoints); a stage whose outputs are
@@ -52,6 +53,7 @@ stage train method=lengthdrop method.finetune_epochs=1 trainer.max_epochs=2 meth
 stage exact_cache0 "${SEARCH[@]}" method.search.cache_mb=0 "label='searched, exact, no cache'"
 stage exact_cache1024 "${SEARCH[@]}" method.search.cache_mb=1024 "label='searched, exact, 1 GB cache'"
 stage racing "${SEARCH[@]}" method.search.cache_mb=1024 method.search.racing=true "label='searched, racing'"
+stage bf16 "${SEARCH[@]}" method.search.cache_mb=1024 method.search.precision=bf16 "label='searched, bf16 scoring'"
 if [ ! -f "$DOCS/profile/profile.txt" ]; then
   echo "[profile] started $(date -u +%H:%M:%S)"
   mkdir -p "$DOCS/profile"

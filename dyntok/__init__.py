@@ -8,8 +8,9 @@ Length-Adaptive Transformer (Kim & Cho 2021, arXiv 2010.07003).
 __version__ = "0.1.0"
 
 
-def load(path, device="cpu"):
-    """Load a trained checkpoint for inference: ``dyntok.load(path).predict(texts)`` (see :mod:`dyntok.methods.predictor`)."""
+def load(path, device="cpu", trusted=False):
+    """Load a trained checkpoint for inference: ``dyntok.load(path).predict(texts)`` (see :mod:`dyntok.methods.predictor`).
+    ``trusted=True`` also loads a file holding more than tensors and plain data (it could run code)."""
     from dyntok.methods.predictor import load as _load
 
-    return _load(path, device)
+    return _load(path, device, trusted)

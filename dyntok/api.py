@@ -25,16 +25,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gates-from", default=None,
                     help="a method=gates checkpoint or run folder: infer with its learned hard gates instead")
     ap.add_argument("--max-examples", type=int, default=None)
+    ap.add_argument("--trust-checkpoint", action="store_true",
+                    help="also load checkpoints holding more than tensors and plain data (they could run code)")
     args = ap.parse_args(argv)
     if args.length_config is not None and args.gates_from is not None:
         ap.error("give --length-config or --gates-from, not both")
     try:
-        pred = load(args.checkpoint)
+        pred = load(args.checkpoint, trusted=args.trust_checkpoint)
         lc = None
         if args.length_config is not None:
             lc = json.loads(args.length_config)
         if args.gates_from is not None:
-            lc = getattr(load(args.gates_from).module, "gates", None)
+            lc = getattr(load(args.gates_from, trusted=args.trust_checkpoint).module, "gates", None)
             if lc is None:
                 raise ConfigError(f"--gates-from {args.gates_from}: not a method=gates checkpoint")
         vals = pred.evaluate(args.split, args.data_dir, length_config=lc, max_examples=args.max_examples)

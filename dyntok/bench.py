@@ -77,17 +77,17 @@ def make_batches(
     return batches
 
 
-def load_checkpoint(model: DynTokModel, path: str) -> dict[str, int]:
+def load_checkpoint(model: DynTokModel, path: str, trusted: bool = False) -> dict[str, int]:
     """Load model weights from a Lightning checkpoint (``state_dict``) or a plain state dict, matching keys
-    by their longest suffix that names a parameter of ``model`` (so ``model.`` prefixes do not matter).
+    by their longest suffix that names a parameter of ``model`` (so ``model.`` prefixes do not matter);
+    tensors and plain data only unless ``trusted`` (:func:`dyntok.methods.checkpoint.load_file`).
 
     Raises:
-        CheckpointError: the file holds no weight of this model.
+        CheckpointError: the file holds no weight of this model, or is refused.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)  # a local file the user named
-    except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"--checkpoint {path}: cannot read it ({e})") from None
+    from dyntok.methods.checkpoint import load_file
+
+    state = load_file(path, trusted)
     state = state.get("state_dict", state)
     own = model.state_dict()
     matched = {}
@@ -137,6 +137,7 @@ def run_benchmark(
     checkpoint: str | None = None,
     tokenizer: Any = None,
     progress: bool = True,
+    trust_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Time the full model, Hugging Face's forward and each length configuration x significance.
 
@@ -150,6 +151,7 @@ def run_benchmark(
         warmup: untimed passes over the batches per row (the first also records the executed MACs).
         repeats: timed passes per row.
         include_hf: add the ``hf_sdpa`` row, ``enc.backbone(...)``, to show our encoder's own overhead.
+        trust_checkpoint: load a ``checkpoint`` holding more than tensors and plain data (it could run code).
         warmup: untimed passes over the batches per row; the first (one at least) records the executed MACs.
 
     Returns:
@@ -175,7 +177,7 @@ def run_benchmark(
             raise DyntokError("run_benchmark: pass tokenizer= when model is an already built model")
     if isinstance(tokenizer, str):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    ckpt_info = load_checkpoint(net, checkpoint) if checkpoint else None
+    ckpt_info = load_checkpoint(net, checkpoint, trust_checkpoint) if checkpoint else None
     net = net.eval().to(dev)
     enc = net.encoder
     L = net.num_layers
@@ -327,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dyntok.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--checkpoint", default=None, help="Lightning checkpoint or state dict to load")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="also load a checkpoint holding more than tensors and plain data (it could run code)")
     p.add_argument("--configs", nargs="+", default=["0.5"], help='length configurations, e.g. 0.5 "1,0.5,0.5"')
     p.add_argument("--significance", nargs="+", default=["all_queries"], choices=[*SIGNIFICANCES, "both"])
     p.add_argument("--data", default="rotten_tomatoes", choices=list(DEFAULT_MAX_LENGTH))
@@ -346,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_benchmark(
             a.model, a.configs, a.significance, a.data, a.max_length, a.num_examples, a.batch_size,
             a.sort_by_length, a.threads, a.warmup, a.repeats, a.device, a.seed, not a.no_hf, a.checkpoint,
+            trust_checkpoint=a.trust_checkpoint,
         )
     except DyntokError as e:
         print(f"error: {e}", file=sys.stderr)

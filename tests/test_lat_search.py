@@ -4,7 +4,6 @@ the prefix cache's bound, and the authors' operators (clovaai/length-adaptive-tr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 
@@ -88,29 +87,6 @@ def test_bench_counts_the_last_layer_of_a_span_model_on_every_token(tokenizer):
 # ---- 3. the prefix cache holds at most cache_mb ----------------------------------------------------------
 
 
-def _held_bytes(store) -> int:
-    """Bytes of every distinct tensor storage the cache's entries reach."""
-    seen: dict[int, int] = {}
-
-    def walk(x):
-        if isinstance(x, torch.Tensor):
-            s = x.untyped_storage()
-            seen[s.data_ptr()] = s.nbytes()
-        elif dataclasses.is_dataclass(x):
-            for f in dataclasses.fields(x):
-                walk(getattr(x, f.name))
-        elif isinstance(x, tuple | list):
-            for y in x:
-                walk(y)
-        elif isinstance(x, dict):
-            for y in x.values():
-                walk(y)
-
-    for v in store.values():
-        walk(v)
-    return sum(seen.values())
-
-
 @pytest.mark.parametrize("restore", [None, "output", "last_layer"])
 def test_prefix_cache_holds_no_more_than_its_bound(tokenizer, restore):
     from dyntok.core.prefix_cache import PrefixCache, held_bytes
@@ -130,7 +106,7 @@ def test_prefix_cache_holds_no_more_than_its_bound(tokenizer, restore):
         for i in range(len(batches)):
             _, out = cache.logits(i, cfg)
             assert held_bytes(out) >= out.hidden.numel() * 4  # an encoder output is not free
-            assert _held_bytes(cache._store) <= bound
+            assert held_bytes(list(cache._store.values())) <= bound  # each storage once, over all entries
     assert cache.layers_reused > 0  # the bound left room to cache something
 
 
@@ -264,3 +240,37 @@ def test_racing_stops_only_genes_that_cannot_reach_the_bar_and_scores_the_rest_e
     m.task = get_task("cola")  # Matthews correlation: not a mean of per-example outcomes
     with pytest.raises(ConfigError, match="method.search.racing"):
         search._racer(batches, "validation")
+
+
+def test_bf16_scoring_runs_under_autocast_and_stays_close(tokenizer):
+    from dyntok.data.tasks import get_task
+    from dyntok.errors import ConfigError
+    from dyntok.methods.lengthdrop import LengthDropModule
+    from dyntok.methods.search import LengthSearch
+
+    torch.manual_seed(0)
+    model = DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT)
+    texts = ["a gorgeous, witty, seductive movie", "dull", "the plot is nothing but boilerplate clichés"] * 8
+    b = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    b["labels"] = torch.tensor([1, 0, 0] * 8)
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        m = LengthDropModule(model=model, task=get_task("sst2"), max_length=64, search={"precision": precision})
+        search = LengthSearch(m, None)
+        seen = []
+        real_logits = model.logits
+
+        def spy(out, mask, real_logits=real_logits, seen=seen):
+            logits = real_logits(out, mask)
+            seen.append(logits.dtype)  # the task head's matrix product ran in bfloat16 under autocast
+            return logits
+
+        model.logits = spy
+        try:
+            scores[precision] = search._scorer([b], "validation")(search.config((20, 12, 6)))
+        finally:
+            model.logits = real_logits
+        assert seen[-1] == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert abs(scores["bf16"] - scores["fp32"]) <= 2 / len(texts)  # an example or two at most
+    with pytest.raises(ConfigError, match="method.search.precision"):
+        LengthDropModule(model=model, task=get_task("sst2"), search={"precision": "fp16"})

@@ -291,7 +291,9 @@ class TaskModule(L.LightningModule):
 
     def load_best(self, path: str) -> None:
         """Load the weights of the best checkpoint (by the task's validation metric) before testing."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        from dyntok.methods.checkpoint import load_file
+
+        state = load_file(path)
         self.load_state_dict(state["state_dict"])
         self.on_load_checkpoint(state)
 

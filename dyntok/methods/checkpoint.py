@@ -52,21 +52,43 @@ def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint written by dyntok (a ``.ckpt`` file, or a run folder: :func:`run_checkpoint`).
+def load_file(path: str | Path, trusted: bool = False) -> Any:
+    """``torch.load`` of a checkpoint file onto the CPU: tensors and plain containers only, unless ``trusted``
+    (unpickling an arbitrary object can run code, and checkpoints are shared between people). Every
+    checkpoint dyntok writes loads this way.
 
     Raises:
-        CheckpointError: the file is missing, unreadable, or not a dyntok checkpoint.
+        CheckpointError: the file cannot be read, or holds another type (named in the message; give
+            ``trust_checkpoint=true`` / ``dyntok.load(path, trusted=True)`` for a file you vouch for).
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as e:
+        refused = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line),
+                       str(e).splitlines()[0] if str(e) else "an object")
+        raise CheckpointError(
+            f"{path}: refused to load: it holds more than tensors and plain data ({refused}); loading it could run "
+            "code from it. If you trust the file, pass trust_checkpoint=true (Python: dyntok.load(path, "
+            "trusted=True))") from None
+    except Exception as e:  # noqa: BLE001 - any other failure to read means the same thing to the user
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+
+
+def read_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, Any]:
+    """Load a Lightning checkpoint written by dyntok (a ``.ckpt`` file, or a run folder: :func:`run_checkpoint`)
+    with :func:`load_file`.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, refused, or not a dyntok checkpoint.
     """
     path = Path(path)
     if path.is_dir():
         path = run_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    state = load_file(path, trusted)
     if "state_dict" not in state or "dyntok" not in state:
         raise CheckpointError(f"{path} is not a dyntok checkpoint (no 'dyntok' metadata)")
     state["path"] = str(path)
@@ -115,13 +137,13 @@ def _method_name(cls_name: str | None) -> str:
     return _METHOD_NAMES.get(cls_name or "", str(cls_name))
 
 
-def check_resumable(path: str | Path, module, model_name: str | None = None) -> None:
+def check_resumable(path: str | Path, module, model_name: str | None = None, trusted: bool = False) -> None:
     """Refuse to resume training (``ckpt_path=`` or ``last.ckpt``) from another method, model or task.
 
     Raises:
         CheckpointError: naming the checkpoint and what differs.
     """
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, trusted)
     meta = _check_model_and_task(state, module, model_name)
     if meta.get("method") != type(module).__name__:
         raise CheckpointError(
@@ -130,7 +152,8 @@ def check_resumable(path: str | Path, module, model_name: str | None = None) -> 
         )
 
 
-def load_init_weights(module, path: str | Path, model_name: str | None = None) -> dict[str, Any]:
+def load_init_weights(module, path: str | Path, model_name: str | None = None, trusted: bool = False
+                      ) -> dict[str, Any]:
     """Copy the task model's weights from a dyntok checkpoint into ``module`` (``init_from=``).
 
     From the same method everything is loaded (gates too, and the length configuration it chose); from a
@@ -140,7 +163,7 @@ def load_init_weights(module, path: str | Path, model_name: str | None = None) -
     Raises:
         CheckpointError: another model (name, depth or width), task head, method, or missing weights.
     """
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, trusted)
     meta = _check_model_and_task(state, module, model_name)
     if meta.get("method") not in (type(module).__name__, "FullFineTuning"):
         raise CheckpointError(

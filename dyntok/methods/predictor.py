@@ -201,7 +201,7 @@ def _tokenizer_from(meta: dict[str, Any], workdir: Path):
     return AutoTokenizer.from_pretrained(path), path
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+def load(path: str | Path, device: str | torch.device = "cpu", trusted: bool = False) -> Predictor:
     """Load a dyntok checkpoint (a ``.ckpt`` file, or a run folder: its best, else last checkpoint).
 
     The model is rebuilt from the architecture stored in the checkpoint, so no pretrained weights are
@@ -216,7 +216,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
     from dyntok.methods.build import build_method, build_model
     from dyntok.methods.checkpoint import upgrade_config
 
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, trusted)
     meta = state["dyntok"]
     cfg = meta.get("config")
     if not cfg:

@@ -76,8 +76,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     model = build_model(cfg.model, task)
     module = build_method(cfg, model, task)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    trusted = bool(cfg.get("trust_checkpoint", False))
     if cfg.init_from:
-        module.on_init_from(load_init_weights(module, cfg.init_from, cfg.model.name))
+        module.on_init_from(load_init_weights(module, cfg.init_from, cfg.model.name, trusted))
 
     ckpt_dir = run_dir / "checkpoints"
     monitor = f"val/{task.main_metric}"
@@ -101,7 +102,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         ckpt_path = str(ckpt_dir / "last.ckpt")
         log.info("resuming from %s", ckpt_path)
     if ckpt_path is not None:
-        check_resumable(ckpt_path, module, cfg.model.name)
+        check_resumable(ckpt_path, module, cfg.model.name, trusted)  # also refuses what would run code
     module.before_fit(dm)
     if cfg.train:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
@@ -202,9 +203,9 @@ def _best_score(ckpt_cb, best: str | None) -> float | None:
     if ckpt_cb.best_model_score is not None:
         return float(ckpt_cb.best_model_score)
     if best:  # ddp_spawn hands the main process the best path only; the checkpoint records the score
-        import torch
+        from dyntok.methods.checkpoint import load_file
 
-        state = torch.load(best, map_location="cpu", weights_only=False)
+        state = load_file(best)
         score = state.get("callbacks", {}).get(ckpt_cb.state_key, {}).get("best_model_score")
         return float(score) if score is not None else None
     return None
