@@ -99,6 +99,8 @@ def main(docs: Path) -> None:
         shared = [g for g in half if g in exact]
         diffs = [abs(half[g]["score"] - exact[g]["score"]) * ex["search_examples"] for g in shared]
         fp32 = exact.get(tuple(bf["chosen_gene"]), {}).get("score")
+        if fp32 is None and (docs / "bf16" / "chosen_fp32.json").exists():
+            fp32 = json.loads((docs / "bf16" / "chosen_fp32.json").read_text())["fp32_score"]
         fp32_txt = f"{100 * fp32:.2f}% in fp32" if fp32 is not None else "not scored in fp32"
         print(f"- bf16 scoring: chosen under 0.4x {bf['chosen_gene']} ({fp32_txt}; bf16 {100 * bf['chosen_search_score']:.2f}%) "
               f"against fp32's {ex['chosen_gene']} at {100 * p:.2f}% (standard error {100 * se:.2f} points). "

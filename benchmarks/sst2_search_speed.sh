@@ -54,6 +54,8 @@ stage exact_cache0 "${SEARCH[@]}" method.search.cache_mb=0 "label='searched, exa
 stage exact_cache1024 "${SEARCH[@]}" method.search.cache_mb=1024 "label='searched, exact, 1 GB cache'"
 stage racing "${SEARCH[@]}" method.search.cache_mb=1024 method.search.racing=true "label='searched, racing'"
 stage bf16 "${SEARCH[@]}" method.search.cache_mb=1024 method.search.precision=bf16 "label='searched, bf16 scoring'"
+[ -f "$DOCS/bf16/chosen_fp32.json" ] || "$PY" benchmarks/score_genes.py "$RUNS/train" "$DATA" \
+    "$DOCS/bf16/results.json" "$DOCS/bf16/chosen_fp32.json"  # the bf16 choice scored in fp32
 if [ ! -f "$DOCS/profile/profile.txt" ]; then
   echo "[profile] started $(date -u +%H:%M:%S)"
   mkdir -p "$DOCS/profile"

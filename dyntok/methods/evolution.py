@@ -416,5 +416,8 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):
 
     from tqdm.auto import tqdm
 
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, mininterval=1.0)
+    # a fixed step: tqdm's monitor thread would otherwise drop miniters to 1 after maxinterval
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, mininterval=1.0,
-                miniters=None if sys.stderr.isatty() else max(1, total // 10))
+                miniters=max(1, total // 10), maxinterval=float("inf"))
