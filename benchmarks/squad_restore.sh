@@ -2,8 +2,8 @@
 # Drop-and-Restore on SQuAD v1.1 with MiniLM, both restore modes, in stages of under 30 minutes on 2 CPU cores.
 # Windows of 192 tokens overlapping by 64; the shared 44-article SQuAD subset split by article (test: held-out
 # articles, 500 questions; validation: the search's 150 questions).
-#   a  full           full fine-tuning, Q questions (default 8,000 of the subset's ~10,000 training questions:
-#                     what fits 30 minutes here), 1 epoch, lr 1e-4
+#   a  full           full fine-tuning on Q training questions (default null: all of the subset's training
+#                     articles; 1 epoch fits 30 minutes here, 2 do not), lr 1e-4
 #   b  ld_output      LengthDrop from (a), restore=output, ratio unit, p = 0.2, LayerDrop 0.2, one random
 #                     sub-model besides the smallest and the full (the authors' SQuAD settings), 4,000
 #                     questions, 1 epoch (theirs: 88k questions, 5 epochs)
@@ -17,11 +17,11 @@
 # docs/benchmarks/squad/<stage>/<run>/; a run whose results.json is there is skipped, so rerunning resumes. A
 # training stage whose checkpoint (under RUNS) is gone retrains while a later stage still needs it (the log
 # says so). Every run's wall time is in its log_tail.txt.
-# Usage: benchmarks/squad_restore.sh [DATA_DIR=../shared/data] [RUNS=runs/squad_restore] [Q=8000] [STAGES="a b c d e"]
+# Usage: benchmarks/squad_restore.sh [DATA_DIR=../shared/data] [RUNS=runs/squad_restore] [Q=null] [STAGES="a b c d e"]
 set -euo pipefail
 DATA=${1:-../shared/data}
 RUNS=${2:-runs/squad_restore}
-Q=${3:-8000}
+Q=${3:-null}
 STAGES=${4:-a b c d e}
 DOCS=docs/benchmarks/squad
 PY=${PYTHON:-.venv/bin/python}
