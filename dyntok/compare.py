@@ -34,6 +34,7 @@ import torch
 
 from dyntok.errors import DyntokError
 from dyntok.evaluation.frontier import compare_to_curve
+from dyntok.evaluation.metrics import task_metrics
 
 GOAL_REDUCTION = {"imdb": 4.0}  # fewer MACs (real-length baseline) per task ...
 GOAL_REDUCTION_DEFAULT = 2.5  # ... for the others (SST-2)
@@ -85,7 +86,7 @@ def measure(pred, batches: list[dict[str, torch.Tensor]], length_config: Any = N
     dims = module.dims
     sep = pred.tokenizer.sep_token_id if pred.tokenizer.sep_token_id is not None else 0
     runs = [(_truncate(b, truncate, sep) if truncate else b) for b in batches]
-    metrics = task.metrics(prefix="")
+    metrics = task_metrics(task, prefix="")
     macs = full = 0.0
     n = 0
     for b, orig in zip(runs, batches, strict=True):

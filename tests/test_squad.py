@@ -17,6 +17,7 @@ from dyntok.data import DynTokDataModule, SpanSplit
 from dyntok.data.squad import answer_tokens, read_squad_json
 from dyntok.data.tasks import get_task
 from dyntok.errors import ConfigError, DataError
+from dyntok.evaluation.metrics import task_metrics
 from dyntok.evaluation.squad import (
     SpanFeatures,
     SquadMetric,
@@ -354,7 +355,7 @@ def test_metric_scores_only_the_questions_it_saw():
 
 
 def test_task_metrics_collection_keys_and_binding():
-    metrics = get_task("squad").metrics("val/")
+    metrics = task_metrics(get_task("squad"), "val/")
     with pytest.raises(RuntimeError, match="not bound"):
         metrics.update(torch.zeros(1, 10, 2), torch.tensor([0]))
     from dyntok.evaluation.squad import bind_span_metrics

@@ -7,6 +7,7 @@ import torch
 
 from dyntok.data.tasks import TASKS, get_task
 from dyntok.errors import ConfigError
+from dyntok.evaluation.metrics import task_metrics
 
 GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 
@@ -48,17 +49,17 @@ def test_label_orders_match_the_hub():
      ("mnli", {"val/accuracy"}), ("imdb", {"val/accuracy"})],
 )
 def test_metric_keys_carry_the_prefix(task, keys):
-    assert set(get_task(task).metrics("val/").keys()) == keys
-    assert set(get_task(task).metrics().keys()) == {k.removeprefix("val/") for k in keys}
+    assert set(task_metrics(get_task(task), "val/").keys()) == keys
+    assert set(task_metrics(get_task(task)).keys()) == {k.removeprefix("val/") for k in keys}
 
 
 def test_binary_metrics_on_argmax_predictions():
     logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [0.0, 1.0], [1.0, 0.0], [0.0, 2.0]])
     preds, target = logits.argmax(-1), torch.tensor([0, 1, 0, 0, 1])  # one false positive
-    out = get_task("mrpc").metrics("test/")(preds, target)
+    out = task_metrics(get_task("mrpc"), "test/")(preds, target)
     assert out["test/accuracy"].item() == pytest.approx(0.8)
     assert out["test/f1"].item() == pytest.approx(2 * 2 / (2 * 2 + 1))  # tp=2, fp=1, fn=0
-    mcc = get_task("cola").metrics()(preds, target)["mcc"].item()
+    mcc = task_metrics(get_task("cola"))(preds, target)["mcc"].item()
     tp, tn, fp, fn = 2, 2, 1, 0
     expected = (tp * tn - fp * fn) / ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
     assert mcc == pytest.approx(expected)
@@ -66,13 +67,13 @@ def test_binary_metrics_on_argmax_predictions():
 
 def test_mnli_accuracy_is_plain_accuracy_not_class_average():
     preds, target = torch.tensor([0, 0, 0, 0, 1]), torch.tensor([0, 0, 0, 0, 2])
-    assert get_task("mnli").metrics()(preds, target)["accuracy"].item() == pytest.approx(0.8)
+    assert task_metrics(get_task("mnli"))(preds, target)["accuracy"].item() == pytest.approx(0.8)
 
 
 def test_regression_metrics_on_float_predictions():
     preds = torch.tensor([0.5, 1.0, 2.5, 4.0])
     target = torch.tensor([1.0, 2.0, 3.0, 4.5])
-    out = get_task("stsb").metrics()(preds, target)
+    out = task_metrics(get_task("stsb"))(preds, target)
     expected = torch.corrcoef(torch.stack([preds, target]))[0, 1]
     assert out["pearson"].item() == pytest.approx(expected.item(), abs=1e-5)
     assert out["spearman"].item() == pytest.approx(1.0)
@@ -82,7 +83,7 @@ def test_regression_metrics_on_float_predictions():
 
 
 def _score(task: str, preds, target) -> dict[str, float]:
-    out = get_task(task).metrics()(torch.as_tensor(preds), torch.as_tensor(target))
+    out = task_metrics(get_task(task))(torch.as_tensor(preds), torch.as_tensor(target))
     return {k: v.item() for k, v in out.items()}
 
 
@@ -171,5 +172,5 @@ def test_glue_metrics_equal_scikit_learn_and_scipy_on_random_predictions():
 
 
 def test_metrics_built_for_one_process_do_not_sync():
-    for m in get_task("cola").metrics(sync_on_compute=False).values():
+    for m in task_metrics(get_task("cola"), sync_on_compute=False).values():
         assert m.sync_on_compute is False and m._to_sync is False

@@ -60,11 +60,10 @@ from dyntok.data.readers import (
     read_movie_reviews,
 )
 from dyntok.data.splits import hold_out, rng_for
-from dyntok.data.squad import make_windows, read_squad_splits, squad_sources
+from dyntok.data.squad import SpanFeatures, make_windows, read_squad_splits, squad_sources
 from dyntok.data.tasks import TaskSpec, get_task
 from dyntok.data.tokenize import load_cache, save_cache, tokenize_split
 from dyntok.errors import ConfigError, DataError
-from dyntok.evaluation.squad import SpanFeatures
 from dyntok.options import build_options
 
 log = logging.getLogger(__name__)

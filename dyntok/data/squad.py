@@ -311,3 +311,41 @@ def read_squad_splits(sources: dict[str, Any], validation_size: float | int, see
                           f"leave none of the {articles} for training")
     validation, test, train = split_by_article(pool, [n_val, n_test], rng)
     return {"train": train, "validation": validation, "test": test}
+
+
+@dataclass(frozen=True)
+class SpanFeatures:
+    """What post-processing needs to turn one split's window logits into answers.
+
+    Attributes:
+        example_index: (N,) int64, the question of each window.
+        token_offsets: (N + 1,) int64, window i's tokens are rows ``token_offsets[i]:token_offsets[i+1]`` of
+            ``char_offsets``.
+        char_offsets: (n_tokens, 2) int32, characters of each token in its context, -1 outside the context.
+        contexts: per question, its context.
+        answers: per question, its ground-truth answer texts.
+        max_answer_length: longest answer, in tokens.
+        n_best: start and end candidates per window.
+    """
+
+    example_index: np.ndarray
+    token_offsets: np.ndarray
+    char_offsets: np.ndarray
+    contexts: Sequence[str]
+    answers: Sequence[Sequence[str]]
+    max_answer_length: int = 30
+    n_best: int = 20
+
+    def context_mask(self, index: np.ndarray, width: int) -> np.ndarray:
+        """(B, width) bool: which positions of windows ``index`` (B,) are context tokens."""
+        first = self.token_offsets[index]
+        n = self.token_offsets[index + 1] - first
+        pos = np.arange(width)
+        rows = first[:, None] + np.minimum(pos[None, :], np.maximum(n[:, None] - 1, 0))
+        return (self.char_offsets[rows, 0] >= 0) & (pos[None, :] < n[:, None])
+
+    def answer_text(self, window: int, start: int, end: int) -> str:
+        """The context characters from token ``start`` to token ``end`` (inclusive) of ``window``."""
+        base = self.token_offsets[window]
+        a, b = self.char_offsets[base + start, 0], self.char_offsets[base + end, 1]
+        return self.contexts[self.example_index[window]][a:b]

@@ -1,6 +1,6 @@
 """Task registry: what each benchmark task is, how its labels look in the files, and how it is scored.
 
-Metric convention (every ``TaskSpec.metrics()`` collection follows it):
+Metric convention (every :func:`dyntok.evaluation.metrics.task_metrics` collection follows it):
 
 * classification: ``preds = logits.argmax(-1)``, an int tensor (B,); ``target`` long (B,) holding the
   label index, i.e. the position of the raw label in ``label_names``.
@@ -15,13 +15,8 @@ says what the task is.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Literal
-
-import torchmetrics
-from torchmetrics import classification as tmc
-from torchmetrics import regression as tmr
 
 from dyntok.errors import ConfigError
 
@@ -64,53 +59,6 @@ class TaskSpec:
     def is_pair(self) -> bool:
         """True for sentence-pair tasks (two text fields)."""
         return len(self.text_keys) == 2
-
-    def metrics(self, prefix: str = "", sync_on_compute: bool = True) -> torchmetrics.MetricCollection:
-        """A fresh collection of this task's metrics, keyed ``prefix + name`` (e.g. ``"val/accuracy"``).
-
-        ``sync_on_compute=False`` for metrics one process computes alone (e.g. the search on rank zero),
-        which must not wait for the other DDP ranks.
-
-        Inputs follow the module docstring: classification ``preds`` int (B,) from ``argmax(-1)`` and
-        ``target`` long (B,); regression ``preds`` and ``target`` float (B,). Binary F1 and MCC treat
-        label index 1 as the positive class (GLUE convention).
-
-        Raises:
-            ConfigError: the task asks for a metric this problem type does not have.
-        """
-        if self.problem == "span":  # one metric post-processes the windows and reports all of its names
-            from dyntok.evaluation.squad import SquadMetric
-
-            return torchmetrics.MetricCollection({"squad": SquadMetric(sync_on_compute=sync_on_compute)},
-                                                 prefix=prefix)
-        metrics = {name: _build_metric(self, name, sync_on_compute=sync_on_compute) for name in self.metric_names}
-        return torchmetrics.MetricCollection(metrics, prefix=prefix)
-
-
-def _build_metric(spec: TaskSpec, name: str, **kw) -> torchmetrics.Metric:
-    """GLUE's scorer's value in every case, degenerate ones included (:mod:`dyntok.evaluation.metrics`)."""
-    from dyntok.evaluation.metrics import MatthewsCorrCoef, SpearmanCorrCoef
-
-    if spec.problem == "classification":
-        # binary metrics take int preds in {0, 1} as they are (no threshold on probabilities)
-        binary = spec.num_labels == 2
-        if name == "accuracy":
-            if binary:
-                return tmc.BinaryAccuracy(**kw)
-            # micro average = plain accuracy; torchmetrics' multiclass default is macro
-            return tmc.MulticlassAccuracy(num_classes=spec.num_labels, average="micro", **kw)
-        if name == "f1" and binary:
-            return tmc.BinaryF1Score(**kw)
-        if name == "mcc":
-            return MatthewsCorrCoef(num_classes=spec.num_labels, **kw)
-    elif spec.problem == "regression":
-        if name == "pearson":
-            return tmr.PearsonCorrCoef(**kw)
-        if name == "spearman":
-            with warnings.catch_warnings():  # it keeps all preds; fine for STS-B's 1,500 pairs
-                warnings.filterwarnings("ignore", message="Metric `SpearmanCorrcoef` will save")
-                return SpearmanCorrCoef(**kw)
-    raise ConfigError(f"task {spec.name!r}: no metric {name!r} for a {spec.problem} task")
 
 
 def _glue(name: str, glue_dir: str, **kw) -> TaskSpec:

@@ -15,10 +15,15 @@ from torchmetrics as they are.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torchmetrics
 from torchmetrics import classification as tmc
 from torchmetrics import regression as tmr
 from torchmetrics.utilities import dim_zero_cat
+
+from dyntok.errors import ConfigError
 
 
 def matthews_from_confusion(confmat: torch.Tensor) -> torch.Tensor:
@@ -63,3 +68,49 @@ class SpearmanCorrCoef(tmr.SpearmanCorrCoef):
         if preds.numel() < 2 or bool((preds == preds[0]).all()) or bool((target == target[0]).all()):
             return torch.tensor(float("nan"))
         return super().compute()
+
+
+def task_metrics(task, prefix: str = "", sync_on_compute: bool = True) -> torchmetrics.MetricCollection:
+    """A fresh collection of ``task``'s metrics (a :class:`~dyntok.data.tasks.TaskSpec`), keyed ``prefix +
+    name`` (e.g. ``"val/accuracy"``).
+
+    ``sync_on_compute=False`` for metrics one process computes alone (e.g. the search on rank zero), which
+    must not wait for the other DDP ranks.
+
+    Inputs follow :mod:`dyntok.data.tasks`' convention: classification ``preds`` int (B,) from
+    ``argmax(-1)`` and ``target`` long (B,); regression ``preds`` and ``target`` float (B,). Binary F1 and MCC
+    treat label index 1 as the positive class (GLUE convention).
+
+    Raises:
+        ConfigError: the task asks for a metric its problem type does not have.
+    """
+    if task.problem == "span":  # one metric post-processes the windows and reports all of its names
+        from dyntok.evaluation.squad import SquadMetric
+
+        return torchmetrics.MetricCollection({"squad": SquadMetric(sync_on_compute=sync_on_compute)}, prefix=prefix)
+    metrics = {name: _build_metric(task, name, sync_on_compute=sync_on_compute) for name in task.metric_names}
+    return torchmetrics.MetricCollection(metrics, prefix=prefix)
+
+
+def _build_metric(spec, name: str, **kw) -> torchmetrics.Metric:
+    """GLUE's scorer's value in every case, degenerate ones included (module docstring)."""
+    if spec.problem == "classification":
+        # binary metrics take int preds in {0, 1} as they are (no threshold on probabilities)
+        binary = spec.num_labels == 2
+        if name == "accuracy":
+            if binary:
+                return tmc.BinaryAccuracy(**kw)
+            # micro average = plain accuracy; torchmetrics' multiclass default is macro
+            return tmc.MulticlassAccuracy(num_classes=spec.num_labels, average="micro", **kw)
+        if name == "f1" and binary:
+            return tmc.BinaryF1Score(**kw)
+        if name == "mcc":
+            return MatthewsCorrCoef(num_classes=spec.num_labels, **kw)
+    elif spec.problem == "regression":
+        if name == "pearson":
+            return tmr.PearsonCorrCoef(**kw)
+        if name == "spearman":
+            with warnings.catch_warnings():  # it keeps all preds; fine for STS-B's 1,500 pairs
+                warnings.filterwarnings("ignore", message="Metric `SpearmanCorrcoef` will save")
+                return SpearmanCorrCoef(**kw)
+    raise ConfigError(f"task {spec.name!r}: no metric {name!r} for a {spec.problem} task")

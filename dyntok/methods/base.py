@@ -21,6 +21,7 @@ from dyntok.core.macs import MacsReport, ModelDims
 from dyntok.core.model import DynTokModel, ModelOutput
 from dyntok.data.tasks import TaskSpec
 from dyntok.errors import ConfigError
+from dyntok.evaluation.metrics import task_metrics
 from dyntok.methods.config import TrainingConfig
 from dyntok.options import split_options
 
@@ -87,8 +88,8 @@ class TaskModule(L.LightningModule):
             LengthConfig.parse(training.length_config, model.num_layers, "length_config")
             if training.length_config is not None else None)
         self.dims = ModelDims.from_encoder(model.encoder, num_labels=model.num_labels)
-        self.val_metrics = task.metrics(prefix="val/")
-        self.test_metrics = nn.ModuleList([task.metrics(prefix=f"{s}/") for s in task.test_splits])
+        self.val_metrics = task_metrics(task, prefix="val/")
+        self.test_metrics = nn.ModuleList([task_metrics(task, prefix=f"{s}/") for s in task.test_splits])
         # MACs of the validation and report splits, summed over DDP processes by torchmetrics
         self.val_macs = MacsReport(self.dims, problem=task.problem)
         self.test_macs = nn.ModuleList([MacsReport(self.dims, problem=task.problem) for _ in task.test_splits])
@@ -124,7 +125,7 @@ class TaskModule(L.LightningModule):
         """A fresh metric collection for ``split``; span metrics come bound to that split's windows and
         questions from ``datamodule`` (default: the Trainer's). ``sync_on_compute=False``: computed by one
         process alone (no DDP sync, which would wait for the others)."""
-        metrics = self.task.metrics(prefix, sync_on_compute=sync_on_compute).to(self.device)
+        metrics = task_metrics(self.task, prefix, sync_on_compute=sync_on_compute).to(self.device)
         self._bind_span(metrics, split, datamodule)
         return metrics
 

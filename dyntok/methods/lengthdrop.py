@@ -152,28 +152,6 @@ class LengthDropModule(TaskModule):
 
     # ---- search ------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def score(self, batches: list[dict[str, torch.Tensor]], cfg: LengthConfig | None, model=None,
-              metrics=None) -> float:
-        """Task main metric of ``model`` (default: this one) on pre-collated batches with ``cfg`` (uncached;
-        the search scores through :class:`dyntok.core.prefix_cache.PrefixCache`).
-
-        ``metrics``: the collection to fill (reset first, built with ``sync_on_compute=False``), default a fresh
-        ``task.metrics()``; span tasks pass one bound to the batches' split (:meth:`TaskModule.split_metrics`).
-        """
-        model = model or self.model
-        was_training = model.training
-        model.eval()
-        # scored by one process alone: no DDP sync (it would wait forever)
-        metrics = metrics if metrics is not None else self.task.metrics(sync_on_compute=False).to(self.device)
-        metrics.reset()
-        for b in batches:
-            lengths = cfg.resolve(b["attention_mask"].sum(1)) if cfg is not None else None
-            out = model(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), lengths=lengths)
-            self.update_metrics(metrics, out.logits, b)
-        model.train(was_training)
-        return float(metrics.compute()[self.task.main_metric])
-
-    @torch.inference_mode()
     def latency_ms(self, batches: list[dict[str, torch.Tensor]], cfg: LengthConfig | None, repeats: int = 2) -> float:
         """Milliseconds per example of ``cfg`` over ``batches`` (the best of ``repeats`` timed passes)."""
         from dyntok.evaluation.timing import best_pass_ms
