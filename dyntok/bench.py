@@ -241,8 +241,8 @@ def run_benchmark(
                         executed = call(row, i)
                         n = real[i].cpu()
                         if executed is None:  # Hugging Face's forward: every token at every layer
-                            macs[id(row)].update(n, n.unsqueeze(1).expand(-1, L))
                             k, inputs = n.unsqueeze(1).expand(-1, L), None
+                            macs[id(row)].update(n, k)
                         else:
                             macs[id(row)].update_from(executed)
                             k, inputs = executed.kept.cpu(), executed.inputs

@@ -156,7 +156,6 @@ class SearchStore:
     def __init__(self, path: str | os.PathLike | None, meta: dict[str, Any] | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self.points: dict[Gene, Point] = {}
-        self.raced: set[Gene] = set()
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,8 +182,6 @@ class SearchStore:
                     raise DataError(f"{self.path}:{i}: not a JSON search record") from None
                 p = Point(tuple(rec["gene"]), float(rec["macs"]), float(rec["score"]))
                 self.points[p.gene] = p
-                if rec.get("raced"):
-                    self.raced.add(p.gene)
 
     def __contains__(self, gene: Gene) -> bool:
         return gene in self.points
@@ -194,8 +191,6 @@ class SearchStore:
 
     def add(self, p: Point, raced: bool = False) -> None:
         self.points[p.gene] = p
-        if raced:
-            self.raced.add(p.gene)
         if self.path is not None:
             rec = {"gene": list(p.gene), "macs": p.macs, "score": p.score, **({"raced": True} if raced else {})}
             with self.path.open("a") as f:
@@ -354,7 +349,7 @@ class EvolutionarySearch:
                 return False
             if (self.fill == "population" and gene in population) or (self.fill == "unseen" and gene in points):
                 return False
-            points[gene] = self._point(gene, envelope(gene))
+            points[gene] = self._point(gene, envelope(gene) if self.racing else -math.inf)
             bar.update(1)
             bar.set_postfix(evaluated=self.evaluated, replayed=self.cached, refresh=False)
             if gene in population:  # fill="attempts" draws genes it has already

@@ -164,7 +164,7 @@ class LengthSearch:
         in an order spread over their lengths (the loader sorts them by length); from ``racing_start`` of the
         examples on, after every batch, scoring stops when accuracy + ``racing_z`` binomial standard errors
         falls below ``bar`` (the population's best score at equal or fewer MACs): such a gene cannot join the
-        frontier. A gene that is not stopped gets exactly the score :meth:`_scorer` gives.
+        frontier. A gene that is not stopped gets exactly the score :meth:`_scorer` gives, from the same single pass.
 
         Raises:
             ConfigError: the task's main metric is not classification accuracy (naming ``method.search.racing``).
@@ -173,8 +173,10 @@ class LengthSearch:
         if task.problem != "classification" or task.main_metric != "accuracy":
             raise ConfigError(f"method.search.racing=true needs a classification task scored by accuracy; "
                               f"{task.name} is scored by {task.main_metric}: set method.search.racing=false")
-        exact = self._scorer(batches, split)
-        cache = exact.cache
+        from dyntok.core.prefix_cache import PrefixCache
+
+        metrics = self.m.split_metrics(split, self.dm, sync_on_compute=False)
+        cache = PrefixCache(self.m.model, batches, int(float(self.s["cache_mb"]) * 2**20))
         order = sorted(range(len(batches)), key=lambda i: (i * 0.6180339887498949) % 1.0)
         total = sum(int(b["labels"].numel()) for b in batches)
         start, z = float(self.s["racing_start"]) * total, float(self.s["racing_z"])
@@ -185,11 +187,13 @@ class LengthSearch:
             correct = seen = 0
             was_training = model.training
             model.eval()
+            metrics.reset()
             try:
                 for i in order:
                     b = batches[i]
                     with self.precision():
                         logits = cache.logits(i, cfg)[0].float()
+                    self.m.update_metrics(metrics, logits, b)  # the exact score of a gene never stopped
                     correct += int((logits.argmax(-1) == b["labels"]).sum())
                     seen += int(b["labels"].numel())
                     if start <= seen < total:
@@ -200,7 +204,7 @@ class LengthSearch:
                             return acc, False
             finally:
                 model.train(was_training)
-            return exact(cfg), True
+            return float(metrics.compute()[task.main_metric]), True
 
         score.cache = cache
         return score
