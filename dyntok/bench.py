@@ -60,21 +60,11 @@ def make_batches(
     tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int, sort_by_length: bool = False
 ) -> list[Batch]:
     """Tokenise (truncating at ``max_length``) and cut into batches padded to their longest member
-    (:class:`dyntok.data.PadCollator`): ``input_ids``, ``attention_mask``, ``token_type_ids``."""
-    from dyntok.data import PadCollator
+    (:func:`dyntok.data.batches.batches_from_texts`): ``input_ids``, ``attention_mask``, ``token_type_ids``."""
+    from dyntok.data.batches import batches_from_texts
 
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
-    n = len(enc["input_ids"])
-    order = sorted(range(n), key=lambda i: -len(enc["input_ids"][i])) if sort_by_length else list(range(n))
-    collate = PadCollator(tokenizer.pad_token_id or 0)
-    types = enc.get("token_type_ids")
-    batches = []
-    for start in range(0, n, batch_size):
-        items = [{"input_ids": enc["input_ids"][i], "token_type_ids": types[i] if types is not None else None,
-                  "labels": 0, "index": i} for i in order[start : start + batch_size]]
-        batch = collate(items)
-        batches.append({k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
-    return batches
+    batches, _ = batches_from_texts(tokenizer, list(texts), None, max_length, batch_size, sort_by_length)
+    return [{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")} for b in batches]
 
 
 def load_checkpoint(model: DynTokModel, path: str, trusted: bool = False) -> dict[str, int]:

@@ -6,10 +6,10 @@ reference), untrained extraction from it (``train=false eval_length_config=...``
 LengthDrop run with its searched frontier. Then, on the report split and in this one process:
 
 - static truncation of the input to k tokens on the full model (what a user would do instead);
-- for every point: the task metric, encoder MACs per example and their ratio to the full model at each
-  input's real (untruncated) length and padded to ``max_length``, measured latency (ms per example, the best
-  of ``--repeats`` passes over length-sorted batches of ``--batch-size``) and its speed-up against the full
-  model measured in the same process;
+- for every point: the task metric, task-model MACs per example (encoder and head) and their ratio to the
+  full model at each input's real (untruncated) length and padded to ``max_length``, measured latency (ms per
+  example, the best of ``--repeats`` passes over length-sorted batches of ``--batch-size``) and its speed-up
+  against the full model measured in the same process;
 - training time per step of each method relative to ``method=full`` on the same batches;
 - memory of inference, in a fresh CPU process per method that loads its checkpoint and data: resident
   memory before the evaluation and what evaluating the split adds at its peak (``--memory``).
@@ -34,7 +34,6 @@ import torch
 
 from dyntok.errors import DyntokError
 from dyntok.evaluation.frontier import compare_to_curve
-from dyntok.evaluation.metrics import task_metrics
 
 GOAL_REDUCTION = {"imdb": 4.0}  # fewer MACs (real-length baseline) per task ...
 GOAL_REDUCTION_DEFAULT = 2.5  # ... for the others (SST-2)
@@ -67,41 +66,29 @@ def _truncate(batch: dict[str, torch.Tensor], k: int, sep_id: int) -> dict[str, 
     return out
 
 
-@torch.inference_mode()
 def measure(pred, batches: list[dict[str, torch.Tensor]], length_config: Any = None, truncate: int | None = None,
-            repeats: int = 3, timed: list[int] | None = None) -> dict[str, float]:
-    """Metric, MACs and latency of one model and length configuration over ``batches``.
+            repeats: int = 3, timed: list[int] | None = None, split: str = "test", datamodule=None) -> dict[str, float]:
+    """Metric, MACs and latency of one model and length configuration over ``batches`` of ``split``.
 
-    ``timed``: indices of the batches the latency is measured on (default: all).
+    ``timed``: indices of the batches the latency is measured on (default: all); ``datamodule``: the one the
+    batches came from (span metrics read the split's questions from it).
 
     Returns:
-        dict with the task's main metric, ``macs_ratio`` and ``padded_macs_ratio`` (encoder MACs over the full
-        model at each input's untruncated real length, and padded to ``max_length``), ``ms_per_example``
-        (best of ``repeats`` timed passes) and ``examples``.
+        dict with the task's metrics, ``macs_ratio`` and ``padded_macs_ratio`` (task-model MACs over the full
+        model at each input's untruncated real length, and padded to ``max_length``;
+        :meth:`dyntok.methods.predictor.Predictor.evaluate`), ``ms_per_example`` (best of ``repeats`` timed
+        passes) and ``examples``.
     """
-    from dyntok.core.macs import encoder_macs, full_macs, padded_macs
+    from functools import partial
+
     from dyntok.evaluation.timing import best_pass_ms
 
-    module, task = pred.module, pred.task
-    dims = module.dims
     sep = pred.tokenizer.sep_token_id if pred.tokenizer.sep_token_id is not None else 0
-    runs = [(_truncate(b, truncate, sep) if truncate else b) for b in batches]
-    metrics = task_metrics(task, prefix="")
-    macs = full = 0.0
-    n = 0
-    for b, orig in zip(runs, batches, strict=True):
-        real = b["attention_mask"].sum(1)
-        out = pred.forward(b, length_config)
-        module.update_metrics(metrics, out.logits, b)
-        macs += float(encoder_macs(dims, real, out.encoder.kept, inputs=out.encoder.inputs).sum())
-        full += float(full_macs(dims, orig["attention_mask"].sum(1)).sum())
-        n += int(real.numel())
-    timed_runs = runs if timed is None else [runs[i] for i in timed]
-    ms = best_pass_ms(lambda b: pred.forward(b, length_config),
-                      timed_runs, repeats, pred.device)
-    vals = {k: float(v) for k, v in metrics.compute().items()}
-    return {**vals, "macs_ratio": macs / full, "padded_macs_ratio": macs / float(padded_macs(dims, pred.max_length)) / n,
-            "gmacs_per_example": macs / n / 1e9, "ms_per_example": ms, "examples": n}
+    cut = partial(_truncate, k=truncate, sep_id=sep) if truncate else None
+    vals = pred.evaluate(split, length_config=length_config, datamodule=datamodule, batches=batches, transform=cut)
+    runs = [cut(b) if cut else b for b in (batches if timed is None else [batches[i] for i in timed])]
+    ms = best_pass_ms(lambda b: pred.forward(b, length_config), runs, repeats, pred.device)
+    return {**vals, "ms_per_example": ms}
 
 
 def train_step_ms(preds: dict[str, Any], batches: list[dict[str, torch.Tensor]], warmup: int = 2) -> dict[str, float]:
@@ -189,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     # latency on an evenly spread subset of the (length-sorted) batches: every length range is in it
     step = max(1, round(len(batches) * args.batch_size / args.time_examples)) if args.time_examples else 1
     timed = list(range(0, len(batches), step))
-    kw = {"repeats": args.repeats, "timed": timed}
+    kw = {"repeats": args.repeats, "timed": timed, "split": split, "datamodule": dm}
     ref = measure(full, batches, **kw)
     add({"method": "full", "label": "full model", **ref})
     for k in args.truncate:
@@ -259,18 +246,18 @@ def run(args: argparse.Namespace) -> int:
             "ms_per_example", "speedup", "speed_share", "bimodal_share", "rss_mb", "inference_mb"]
     rows = sorted(points, key=lambda p: (p["method"], p["macs_ratio"]))
     table = format_table(rows, [c for c in cols if any(p.get(c) is not None for p in rows)])
-    steps = "\n".join(f"| {m} | {ms:.1f} | {ms / step_ms['full']:.2f}x |" for m, ms in step_ms.items())
+    steps = format_table([{"method": m, "ms / step": ms, "vs full": ms / step_ms["full"]} for m, ms in step_ms.items()])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = "python -m dyntok.compare " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
     md = [f"# {full_rec['task']}: accuracy against compute, every method", "",
           f"Produced by `{cmd}` ({time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, "
           f"{full.device.type}). Split `{split}`, {ref['examples']} examples, batches of {args.batch_size} sorted "
-          "by length; MACs are the encoder's, ratio against the full model at each input's real length; latency "
+          "by length; MACs are the task model's, ratio against the full model at each input's real length; latency "
           f"is the best of {args.repeats} timed passes over {len(timed)} evenly spread batches, speed-up against "
           "the full model in the same process.", "",
           table, "", "Training step (forward, backward, AdamW) on the same batches:", "",
-          "| method | ms / step | vs full |", "|---|---|---|", steps, "", "Goals:", "",
+          steps, "", "Goals:", "",
           *[f"- {g}" for g in goals], "", f"![{metric} against MACs]({out.name}.png)",
           f"![{metric} against speed-up]({out.name}_speed.png)", ""]
     out.with_suffix(".md").write_text("\n".join(md))

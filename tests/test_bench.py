@@ -4,6 +4,7 @@ running ``python -m dyntok.bench``, not here)."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -147,6 +148,23 @@ def test_best_pass_ms_takes_the_fastest_pass_per_example():
     assert 2 * 2.0 / 5 <= ms < 2 * 30.0 / 5  # two fast calls over 5 examples, not the slow pass
     with pytest.raises(ValueError, match="repeats >= 1"):
         best_pass_ms(forward, batches, repeats=0)
+
+
+def test_race_ms_times_forwards_in_turns_per_example():
+    from dyntok.evaluation.timing import race_ms
+
+    order = []
+
+    def timed(name, seconds):
+        def forward(b):
+            order.append(name)
+            time.sleep(seconds)
+        return forward
+
+    batches = [{"input_ids": torch.zeros(4, 4)}]
+    ms = race_ms({"slow": timed("slow", 0.02), "fast": timed("fast", 0.004)}, batches, repeats=2)
+    assert order == ["slow", "fast", "slow", "fast"]  # turns, pass by pass
+    assert ms["slow"] >= 20 / 4 and ms["fast"] < ms["slow"] / 2  # per example, each its own clock
 
 
 def test_peak_memory_counts_what_the_call_allocates_not_what_was_resident():

@@ -78,6 +78,24 @@ def test_tiny_model_trains_end_to_end_and_writes_results(tmp_path):
     assert rec["versions"]["torch"] and rec["config"]["model"]["name"] == "tiny"
     assert "| rotten_tomatoes | full | test |" in proc.stdout
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    speed = rec["speedup"]  # timed on the report split: the tested model against every token
+    assert speed["split"] == "test" and speed["timed_examples"] == 24
+    assert speed["measured_speedup"] == pytest.approx(speed["full_ms_per_example"] / speed["ms_per_example"])
+
+
+def test_a_token_dropping_run_prints_its_measured_speedup(tmp_path):
+    proc = _run([*TINY, "method=gates", "eval_length_config=0.3", "speedup.max_examples=8", "speedup.repeats=1"],
+                tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert rec["speedup"]["timed_examples"] == 8 and rec["splits"]["test"]["macs_ratio"] < 0.7
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| task |"))
+    assert "measured_speedup" in header
+
+
+def test_a_bad_speedup_option_names_its_key(tmp_path):
+    proc = _run([*TINY, "speedup.repeats=0", "trainer.max_steps=1"], tmp_path / "run", timeout=120)
+    assert proc.returncode == 2 and "speedup.repeats" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_the_default_wandb_logger_runs_offline_without_warnings(tmp_path):

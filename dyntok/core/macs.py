@@ -230,14 +230,16 @@ class MacsReport(torchmetrics.Metric):
         self.add_state("kept_tokens", default=torch.zeros(dims.num_layers, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, input_lengths: torch.Tensor, kept: torch.Tensor, skipped: Sequence[bool] | None = None,
-               inputs: torch.Tensor | None = None) -> None:
+               inputs: torch.Tensor | None = None, full_lengths: torch.Tensor | None = None) -> None:
         """Add a batch: (B,) real input lengths and the encoder's (B, L) executed kept counts (and the tokens
-        entering each layer, ``EncoderOutput.inputs``, where that is not the previous layer's kept count)."""
+        entering each layer, ``EncoderOutput.inputs``, where that is not the previous layer's kept count).
+        ``full_lengths``: (B,) the full model's input lengths where they differ from what the encoder ran on
+        (truncated inputs count against their whole length); default ``input_lengths``."""
         n = input_lengths.detach().cpu()
+        whole = n if full_lengths is None else full_lengths.detach().cpu()
         dev = self.total.device
-        head = self._head(n)
-        self.total += float(encoder_macs(self.dims, n, kept.detach().cpu(), skipped, inputs).sum()) + head
-        self.total_full += float(full_macs(self.dims, n).sum()) + head
+        self.total += float(encoder_macs(self.dims, n, kept.detach().cpu(), skipped, inputs).sum()) + self._head(n)
+        self.total_full += float(full_macs(self.dims, whole).sum()) + self._head(whole)
         if self.max_length is not None:
             padded = torch.full_like(n, self.max_length)
             self.total_padded += float(full_macs(self.dims, padded).sum()) + self._head(padded)
@@ -245,11 +247,12 @@ class MacsReport(torchmetrics.Metric):
         self.input_tokens += float(n.sum())
         self.kept_tokens += kept.detach().to(device=dev, dtype=torch.float64).sum(0)
 
-    def update_from(self, out: Any) -> None:
+    def update_from(self, out: Any, full_lengths: torch.Tensor | None = None) -> None:
         """Add a batch as the encoder executed it, from its :class:`~dyntok.core.encoder.EncoderOutput`
         (``input_lengths``, ``kept`` and ``inputs``): the one way evaluation, prediction and the benchmark count
-        MACs, so a layer that ran on more tokens than the one before kept (``restore="last_layer"``) counts."""
-        self.update(out.input_lengths, out.kept, inputs=out.inputs)
+        MACs, so a layer that ran on more tokens than the one before kept (``restore="last_layer"``) counts.
+        ``full_lengths``: as in :meth:`update`."""
+        self.update(out.input_lengths, out.kept, inputs=out.inputs, full_lengths=full_lengths)
 
     def _head(self, n: torch.Tensor) -> float:
         return head_macs(self.dims, n, self.problem).sum().item() if self.problem else 0.0

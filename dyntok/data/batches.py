@@ -105,11 +105,17 @@ class SpanSplit(TokenizedSplit):
 class PadCollator:
     """Collate ``TokenizedSplit`` items into a batch padded on the right to the longest example.
 
+    ``pad_token_id``: an id, or a tokenizer (its pad id; 0 where it has none: padded positions are masked
+    out, so any id works).
+
     Returns ``input_ids``, ``attention_mask``, ``token_type_ids`` (B, T) long (token types are zeros when the
     tokenizer has none), ``labels`` (B,) long or float32 (``regression=True``), ``index`` (B,) long.
     """
 
-    def __init__(self, pad_token_id: int, regression: bool = False):
+    def __init__(self, pad_token_id: Any, regression: bool = False):
+        if not isinstance(pad_token_id, int):
+            pad_token_id = getattr(pad_token_id, "pad_token_id", None)
+            pad_token_id = 0 if pad_token_id is None else pad_token_id
         self.pad_token_id, self.regression = pad_token_id, regression
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -131,6 +137,26 @@ class PadCollator:
                                    dtype=torch.float32 if self.regression else torch.long),
             "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),
         }
+
+
+def batches_from_texts(tokenizer: Any, firsts: list[str], seconds: list[str] | None, max_length: int,
+                       batch_size: int, sort_by_length: bool = True) -> tuple[list[dict[str, torch.Tensor]], np.ndarray]:
+    """Tokenise raw texts (pairs when ``seconds`` is given), truncating at ``max_length`` tokens, and cut them
+    into batches padded by :class:`PadCollator`, longest first when ``sort_by_length`` (less padding).
+
+    Returns:
+        the batches (``index`` holds each example's position in ``firsts``; ``labels`` are zeros), and the
+        (N,) real token count of every input, in input order.
+    """
+    enc = tokenizer(list(firsts), None if seconds is None else list(seconds), truncation=True, max_length=max_length)
+    lengths = np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(lengths))
+    collate, types = PadCollator(tokenizer), enc.get("token_type_ids")
+    batches = [collate([{"input_ids": enc["input_ids"][i], "labels": 0, "index": int(i),
+                         "token_type_ids": types[i] if types is not None else None}
+                        for i in order[start : start + batch_size]])
+               for start in range(0, len(order), batch_size)]
+    return batches, lengths
 
 
 class BucketBatchSampler(Sampler[list[int]]):

@@ -228,7 +228,7 @@ class DynTokDataModule(lightning.LightningDataModule):
         else:
             sampler = SortedBatchSampler(data.lengths, size, num_replicas, rank)
         return DataLoader(
-            data, batch_sampler=sampler, collate_fn=PadCollator(self._pad_id(), self.task.problem == "regression"),
+            data, batch_sampler=sampler, collate_fn=PadCollator(self.tokenizer, self.task.problem == "regression"),
             num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
             # a private generator: creating an iterator must not draw from the global RNG (dropout's)
             generator=torch.Generator().manual_seed(hp.seed),
@@ -278,10 +278,6 @@ class DynTokDataModule(lightning.LightningDataModule):
             raise ConfigError(f"unknown split {split!r} for task {self.task.name}; choose one of: "
                               f"{', '.join(self.split_names)}")
         return self._splits[split]
-
-    def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return 0 if pad is None else pad  # padded positions are masked out, any id works
 
     def _check_max_length(self) -> None:
         tok, n = self.tokenizer, self.hparams.max_length

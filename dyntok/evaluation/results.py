@@ -131,14 +131,20 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    """A markdown table of ``rows`` (MACs shown in G)."""
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None, sep: str | None = None) -> str:
+    """A markdown table of ``rows`` (floats to 4 significant digits, None as ``-``); with ``sep`` (e.g. a tab)
+    plain delimited text instead, every value exact (lists joined by commas), for files other programs read."""
     if not rows:
-        return "(no results)"
+        return "(no results)" if sep is None else ""
     if columns is None:
         columns = []
         for r in rows:
             columns += [k for k in r if k not in columns]
+    if sep is not None:
+        def raw(v: Any) -> str:
+            return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+        return "\n".join([sep.join(columns), *(sep.join(raw(r.get(c)) for c in columns) for r in rows)]) + "\n"
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")

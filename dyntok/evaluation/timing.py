@@ -1,6 +1,8 @@
-"""The one timing path: the fastest of repeated passes over the same batches, and the memory a call adds.
+"""The one timing path: a clock around each batch of a pass, and the memory a call adds.
 
-:func:`best_pass_ms` serves ``dyntok.bench``, ``dyntok.compare`` and the search's latency budget.
+:func:`pass_ms` is the clock. ``dyntok.bench`` reports its per-batch milliseconds (p50/p90 over repeats x
+batches); :func:`best_pass_ms` turns it into milliseconds per example (the fastest of repeated passes), the
+unit of ``dyntok.compare`` and the search's latency budget.
 """
 
 from __future__ import annotations
@@ -32,19 +34,32 @@ def pass_ms(forward: Callable[[Any], Any], batches: Sequence[Any], device: torch
 
 def best_pass_ms(forward: Callable[[Batch], Any], batches: Sequence[Batch], repeats: int = 2,
                  device: torch.device | str = "cpu") -> float:
-    """Milliseconds per example of ``forward`` over ``batches``: the fastest of ``repeats`` timed passes.
+    """Milliseconds per example of ``forward`` over ``batches``: the fastest of ``repeats`` timed passes
+    (:func:`race_ms` with one entrant). Used by the search's latency budget and :mod:`dyntok.compare`.
 
-    The fastest pass is what other jobs on a shared machine can only slow down; CUDA work is synchronised
-    before each clock read. Used by the search's latency budget and :mod:`dyntok.compare`.
+    Raises:
+        ValueError: ``repeats`` < 1 or no example in ``batches``.
+    """
+    return race_ms({"forward": forward}, batches, repeats, device)["forward"]
+
+
+def race_ms(forwards: dict[str, Callable[[Batch], Any]], batches: Sequence[Batch], repeats: int = 3,
+            device: torch.device | str = "cpu") -> dict[str, float]:
+    """Milliseconds per example of each forward over the same ``batches``: the fastest of ``repeats`` timed
+    passes each, the forwards taking turns pass by pass, so a slow spell of a shared machine falls on all of
+    them alike; the fastest pass (a warm one) is what other jobs can only slow down.
 
     Raises:
         ValueError: ``repeats`` < 1 or no example in ``batches``.
     """
     n = sum(int(b["input_ids"].size(0)) for b in batches)
     if repeats < 1 or n == 0:
-        raise ValueError(f"best_pass_ms needs repeats >= 1 and examples, got {repeats} and {n}")
-    best = min(sum(pass_ms(forward, batches, device)) for _ in range(repeats))
-    return best / n
+        raise ValueError(f"timing needs repeats >= 1 and examples, got {repeats} and {n}")
+    best = dict.fromkeys(forwards, float("inf"))
+    for _ in range(repeats):
+        for name, forward in forwards.items():
+            best[name] = min(best[name], sum(pass_ms(forward, batches, device)))
+    return {name: ms / n for name, ms in best.items()}
 
 
 def _status_mb(field: str) -> float:

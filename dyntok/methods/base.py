@@ -21,6 +21,7 @@ from dyntok.core.macs import MacsReport, ModelDims
 from dyntok.core.model import DynTokModel, ModelOutput
 from dyntok.data.tasks import TaskSpec
 from dyntok.errors import ConfigError
+from dyntok.evaluation.evaluate import update_metrics
 from dyntok.evaluation.metrics import task_metrics
 from dyntok.methods.config import TrainingConfig
 from dyntok.options import split_options
@@ -60,11 +61,14 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, problem: str
 class TaskModule(L.LightningModule):
     """Shared Lightning plumbing for a :class:`DynTokModel` on one task.
 
+    ``method_name``: the ``method=`` name (stored in checkpoints; what ``init_from`` and resuming check).
     ``select_best``: test the checkpoint with the best validation metric (True) or the final weights.
 
     Args:
         model: the task model (encoder + head).
         task: the task's :class:`TaskSpec` (metrics, problem type).
+        run_config: the run's resolved config, stored in checkpoints and ``results.json`` (what
+            ``dyntok.load`` rebuilds the run from); None outside a run.
         **options: the fields of :attr:`option_classes`: :class:`dyntok.methods.config.TrainingConfig`
             (``lr``, ``weight_decay``, ``warmup_ratio``, ``length_config``: the configuration the trained model
             is tested and served with, or None for the method's own rule) and the method's own (kept as
@@ -74,11 +78,15 @@ class TaskModule(L.LightningModule):
         ConfigError: an unknown option, or one out of range (naming its ``method.`` key).
     """
 
+    method_name: str
     select_best = True
     option_classes: tuple[type, ...] = (TrainingConfig,)
 
-    def __init__(self, model: DynTokModel, task: TaskSpec, **options: Any) -> None:
+    def __init__(self, model: DynTokModel, task: TaskSpec, run_config: dict[str, Any] | None = None,
+                 **options: Any) -> None:
         super().__init__()
+        self.run_config = run_config
+        self._tok_files: dict[str, bytes] | None = None
         training, *own = split_options(options, self.option_classes, "method")
         self.options = own[0] if own else None
         self.model = model
@@ -109,17 +117,6 @@ class TaskModule(L.LightningModule):
             return (F.cross_entropy(logits[..., 0].float(), labels[:, 0])
                     + F.cross_entropy(logits[..., 1].float(), labels[:, 1])) / 2
         return F.cross_entropy(logits.float(), labels)
-
-    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        """What the metrics take: argmax classes, float regression values, span start/end logits as they are
-        (answers are picked per question at compute time)."""
-        return logits.float() if self.task.problem in ("regression", "span") else logits.argmax(-1)
-
-    def update_metrics(self, metrics, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-        """Feed one batch to ``metrics``: predictions against ``labels``; span tasks against the windows'
-        ``index`` (the metric maps windows back to questions)."""
-        target = batch["index"] if self.task.problem == "span" else batch["labels"]
-        metrics.update(self.predictions(logits), target)
 
     def split_metrics(self, split: str, datamodule=None, prefix: str = "", sync_on_compute: bool = True):
         """A fresh metric collection for ``split``; span metrics come bound to that split's windows and
@@ -171,7 +168,7 @@ class TaskModule(L.LightningModule):
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics, macs: MacsReport) -> torch.Tensor:
         out = self.infer(batch) if self.trainer.testing else self.validation_forward(batch)
         loss = self.task_loss(out.logits, batch["labels"])
-        self.update_metrics(metrics, out.logits, batch)
+        update_metrics(metrics, out.logits, batch, self.task.problem)
         macs.update_from(out.encoder)
         return loss
 
@@ -292,15 +289,13 @@ class TaskModule(L.LightningModule):
 
     def load_best(self, path: str) -> None:
         """Load the weights of the best checkpoint (by the task's validation metric) before testing."""
-        from dyntok.methods.checkpoint import load_file
+        from dyntok.methods.checkpoint import load_file, restore
 
-        state = load_file(path)
-        self.load_state_dict(state["state_dict"])
-        self.on_load_checkpoint(state)
+        restore(self, load_file(path), str(path))
 
     def on_init_from(self, meta: dict[str, Any]) -> None:
         """Called after ``init_from=`` weights were loaded; ``meta``: the source checkpoint's ``dyntok``
-        metadata (its method class name and run config). Default: nothing."""
+        metadata (its ``method`` name and run config). Default: nothing."""
 
     def before_fit(self, datamodule: L.LightningDataModule) -> None:
         """Checks that need the data, run before training so a doomed run fails early. Default: nothing."""
@@ -311,8 +306,8 @@ class TaskModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What is needed to use the checkpoint later without the Hydra run around it.
         checkpoint["dyntok"] = {
-            "config": getattr(self, "run_config", None),
-            "method": type(self).__name__,
+            "config": self.run_config,
+            "method": self.method_name,
             "task": self.task.name,
             "problem": self.task.problem,
             "num_labels": self.model.num_labels,
@@ -326,7 +321,7 @@ class TaskModule(L.LightningModule):
 
     def _tokenizer_files(self) -> dict[str, bytes] | None:
         """The DataModule tokenizer's files (name -> bytes), read once; None without a DataModule."""
-        if getattr(self, "_tok_files", None) is None:
+        if self._tok_files is None:
             dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
             tok = getattr(dm, "tokenizer", None)
             if tok is None:

@@ -39,9 +39,10 @@ def instantiate(node: DictConfig, **extra: Any) -> Any:
     return cls(**params, **extra)
 
 
-def build_method(cfg: DictConfig, model, task):
+def build_method(cfg: DictConfig, model, task, run_config: dict[str, Any] | None = None):
     """The method's LightningModule from the ``method`` group, on ``model`` for ``task``; the run's
-    ``eval_length_config`` (when set) is its test-time ``length_config``."""
+    ``eval_length_config`` (when set) is its test-time ``length_config``. ``run_config``: the resolved run
+    config the module stores in its checkpoints."""
     cls, params = _target(cfg.method)
     params.pop("name", None)
     from dyntok.core.lengths import LengthConfig
@@ -52,4 +53,4 @@ def build_method(cfg: DictConfig, model, task):
         if value is not None:
             value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
             params["length_config"] = LengthConfig.parse(value, model.num_layers, key)
-    return cls(model=model, task=task, **params)
+    return cls(model=model, task=task, run_config=run_config, **params)

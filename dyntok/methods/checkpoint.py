@@ -111,7 +111,30 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-_METHOD_NAMES = {"FullFineTuning": "full", "GatesModule": "gates", "LengthDropModule": "lengthdrop"}
+# checkpoints written before the method name was stored name the module's class instead
+_LEGACY_METHODS = {"FullFineTuning": "full", "GatesModule": "gates", "LengthDropModule": "lengthdrop"}
+
+
+def method_of(meta: dict[str, Any]) -> str:
+    """The ``method=`` name a checkpoint's ``dyntok`` metadata records (``full``, ``gates``, ...)."""
+    name = str(meta.get("method"))
+    return _LEGACY_METHODS.get(name, name)
+
+
+def restore(module, state: dict[str, Any], path: str, strict: bool = True) -> None:
+    """Put a checkpoint's weights and what its method chose (``on_load_checkpoint``: e.g. the length
+    configuration) into ``module``: the one restore of ``dyntok.load``, ``init_from=`` from the same method and
+    the best checkpoint before testing. ``strict=False`` tolerates weights the checkpoint has and the module
+    does not (a frozen teacher kept out of the state dict).
+
+    Raises:
+        CheckpointError: weights of ``module`` missing from the checkpoint (naming ``path``).
+    """
+    missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
+    if missing or (strict and unexpected):
+        what = f"weights missing for {missing[:5]}" if missing else f"unexpected weights {unexpected[:5]}"
+        raise CheckpointError(f"{path}: {what}")
+    module.on_load_checkpoint(state)
 
 
 def _check_model_and_task(state: dict[str, Any], module, model_name: str | None = None) -> dict[str, Any]:
@@ -133,10 +156,6 @@ def _check_model_and_task(state: dict[str, Any], module, model_name: str | None 
     return meta
 
 
-def _method_name(cls_name: str | None) -> str:
-    return _METHOD_NAMES.get(cls_name or "", str(cls_name))
-
-
 def check_resumable(path: str | Path, module, model_name: str | None = None, trusted: bool = False) -> None:
     """Refuse to resume training (``ckpt_path=`` or ``last.ckpt``) from another method, model or task.
 
@@ -145,10 +164,10 @@ def check_resumable(path: str | Path, module, model_name: str | None = None, tru
     """
     state = read_checkpoint(path, trusted)
     meta = _check_model_and_task(state, module, model_name)
-    if meta.get("method") != type(module).__name__:
+    if method_of(meta) != module.method_name:
         raise CheckpointError(
-            f"{state['path']}: checkpoint of method={_method_name(meta.get('method'))} cannot resume "
-            f"method={_method_name(type(module).__name__)} (start from it with init_from= instead)"
+            f"{state['path']}: checkpoint of method={method_of(meta)} cannot resume "
+            f"method={module.method_name} (start from it with init_from= instead)"
         )
 
 
@@ -165,18 +184,17 @@ def load_init_weights(module, path: str | Path, model_name: str | None = None, t
     """
     state = read_checkpoint(path, trusted)
     meta = _check_model_and_task(state, module, model_name)
-    if meta.get("method") not in (type(module).__name__, "FullFineTuning"):
+    source = method_of(meta)
+    if source not in (module.method_name, "full"):
         raise CheckpointError(
-            f"{state['path']}: a method={_method_name(meta.get('method'))} checkpoint cannot initialise "
-            f"method={_method_name(type(module).__name__)} (only the same method or method=full can); "
-            f"evaluate it with method={_method_name(meta.get('method'))}"
+            f"{state['path']}: a method={source} checkpoint cannot initialise method={module.method_name} (only "
+            f"the same method or method=full can); evaluate it with method={source}"
         )
-    if meta.get("method") == type(module).__name__:
+    if source == module.method_name:
         # Same method: everything it learned (gates too), and what it chose (length configuration).
-        missing, _ = module.load_state_dict(state["state_dict"], strict=False)
-        module.on_load_checkpoint(state)
+        restore(module, state, state["path"], strict=False)
     else:
         missing, _ = module.model.load_state_dict(model_weights(state), strict=False)
-    if missing:
-        raise CheckpointError(f"{state['path']}: missing weights {missing[:5]}")
+        if missing:
+            raise CheckpointError(f"{state['path']}: missing weights {missing[:5]}")
     return meta

@@ -219,6 +219,25 @@ class GatesConfig:
             raise ConfigError(f"method.distill must be in [0, 1], got {self.distill}")
 
 
+@dataclass
+class SpeedupConfig:
+    """The speed-up a run measures after testing (:func:`dyntok.methods.train.measure_speedup`): the tested
+    model against the same weights running every token, in one process, on the first report split."""
+
+    enabled: bool = True
+    """Measure it (it prints beside the metrics and MACs ratios and goes into ``results.json``)."""
+    max_examples: int | None = 512
+    """Examples timed: a seeded subset of the report split (null: all), in length-sorted batches of
+    ``data.eval_batch_size``."""
+    repeats: int = 3
+    """Timed passes per model, taking turns; the fastest of each counts."""
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or (self.max_examples is not None and self.max_examples < 1):
+            raise ConfigError(f"speedup.repeats and speedup.max_examples must be >= 1, got {self.repeats} and "
+                              f"{self.max_examples}")
+
+
 # ---- the Hydra nodes ---------------------------------------------------------------------------------------
 
 
@@ -257,7 +276,8 @@ class DataNode(DataConfig):
 
 
 def register_schemas() -> None:
-    """Put the nodes into Hydra's ConfigStore (``schema/method/{full,gates,lengthdrop}``, ``schema/data``),
+    """Put the nodes into Hydra's ConfigStore (``schema/method/{full,gates,lengthdrop}``, ``schema/data``,
+    ``schema/speedup``),
     where the shipped YAML files extend them. Idempotent."""
     from hydra.core.config_store import ConfigStore
 
@@ -265,6 +285,7 @@ def register_schemas() -> None:
     for name, node in (("full", FullNode), ("gates", GatesNode), ("lengthdrop", LengthDropNode)):
         cs.store(group="schema/method", name=name, node=node)
     cs.store(group="schema", name="data", node=DataNode)
+    cs.store(group="schema", name="speedup", node=SpeedupConfig)
 
 
 register_schemas()

@@ -41,6 +41,10 @@ Every evaluated gene is appended to a JSON-lines **store**; a rerun replays it (
 re-evaluation), so an interrupted search resumes and ends with the same frontier.
 The search of a trained model, with the budget's choice and optional re-scoring:
 :class:`dyntok.methods.search.LengthSearch`.
+
+This module is one piece, a little over 400 lines: the operators, the resumable store and the loop that
+ties them share the gene bounds and the acceptance rule, and each operator is documented beside its
+source function in the authors' code.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ class GatesModule(TaskModule):
             (raised before training).
     """
 
+    method_name = "gates"
     select_best = False
     option_classes = (TrainingConfig, GatesConfig)
 

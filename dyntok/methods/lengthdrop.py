@@ -24,6 +24,7 @@ import torch
 
 from dyntok.core.lengths import LengthConfig
 from dyntok.methods.base import TaskModule, distillation_loss
+from dyntok.methods.checkpoint import method_of
 from dyntok.methods.config import LengthDropConfig, TrainingConfig
 from dyntok.methods.evolution import GENE_FLOOR, constant_ratio_gene
 from dyntok.methods.search import LengthSearch
@@ -43,6 +44,7 @@ class LengthDropModule(TaskModule):
         ConfigError: an option out of range (names its ``method.`` key).
     """
 
+    method_name = "lengthdrop"
     option_classes = (TrainingConfig, LengthDropConfig)
 
     def __init__(self, *args: Any, **options: Any) -> None:
@@ -201,7 +203,7 @@ class LengthDropModule(TaskModule):
             log.info("init_from chose %s; searching again (method.search.enabled=false keeps it)",
                      self.length_config.describe())
             self.length_config = None
-        if meta.get("method") == "FullFineTuning":
+        if method_of(meta) == "full":
             object.__setattr__(self, "baseline", copy.deepcopy(self.model).eval())
             return
         from dyntok.errors import CheckpointError
@@ -216,7 +218,7 @@ class LengthDropModule(TaskModule):
             except CheckpointError as e:
                 state, source = None, f"{source} ({e})"
                 break
-            if state["dyntok"].get("method") == "FullFineTuning":
+            if method_of(state["dyntok"]) == "full":
                 break
             source, state = (state["dyntok"].get("config") or {}).get("init_from"), None
         if state is None:

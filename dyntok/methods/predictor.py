@@ -21,8 +21,9 @@ import torch
 
 from dyntok.core.lengths import LengthConfig
 from dyntok.core.macs import MacsReport, model_macs
-from dyntok.data.batches import PadCollator
+from dyntok.data.batches import batches_from_texts
 from dyntok.errors import CheckpointError, ConfigError
+from dyntok.evaluation.evaluate import evaluate
 from dyntok.methods.checkpoint import read_checkpoint
 
 
@@ -117,26 +118,18 @@ class Predictor:
             raise ConfigError(f"task {self.task.name} takes {want} ({', '.join(self.task.text_keys)})")
         firsts = [t[0] if pairs else t for t in texts]
         seconds = [t[1] for t in texts] if pairs else None
-        enc = self.tokenizer(firsts, seconds, truncation=True, max_length=self.max_length)
-        n_tok = np.array([len(ids) for ids in enc["input_ids"]])
-        order = np.argsort(-n_tok, kind="stable")
-        collate, types = PadCollator(self.tokenizer.pad_token_id or 0), enc.get("token_type_ids")
-        dims = self.module.dims
+        batches, n_tok = batches_from_texts(self.tokenizer, firsts, seconds, self.max_length, batch_size)
+        dims, problem = self.module.dims, self.task.problem
         L = self.module.model.num_layers
         probs = [None] * len(texts)
         macs, full, kept = np.zeros(len(texts)), np.zeros(len(texts)), np.zeros((len(texts), L), dtype=np.int64)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            batch = collate([{"input_ids": enc["input_ids"][i], "labels": 0, "index": int(i),
-                              "token_type_ids": types[i] if types is not None else None} for i in idx])
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            real = batch["attention_mask"].sum(1)
-            out = self.forward(batch, length_config)
-            p = out.logits.float() if self.task.problem == "regression" else out.logits.float().softmax(-1)
-            k_ = out.encoder.kept.cpu()
-            m = model_macs(dims, real.cpu(), k_, self.task.problem, inputs=out.encoder.inputs).numpy()
-            n = real.cpu()
-            f = model_macs(dims, n, n.unsqueeze(1).expand(-1, L), self.task.problem).numpy()
+        for batch in batches:
+            idx = batch.pop("index").numpy()
+            out = self.forward({k: v.to(self.device) for k, v in batch.items()}, length_config)
+            p = out.logits.float() if problem == "regression" else out.logits.float().softmax(-1)
+            n, k_ = out.encoder.input_lengths.cpu(), out.encoder.kept.cpu()
+            m = model_macs(dims, n, k_, problem, inputs=out.encoder.inputs).numpy()
+            f = model_macs(dims, n, n.unsqueeze(1).expand(-1, L), problem).numpy()
             for row, i in enumerate(idx):
                 probs[i] = p[row].cpu().numpy()
                 macs[i], full[i], kept[i] = m[row], f[row], k_[row].numpy()
@@ -160,13 +153,14 @@ class Predictor:
             data_cfg["tokenizer"] = self.tokenizer_dir
         return DynTokDataModule(**data_cfg)
 
-    @torch.inference_mode()
     def evaluate(self, split: str = "test", data_dir: str | None = None, batch_size: int | None = None,
-                 length_config: Any = None, max_examples: int | None = None,
-                 datamodule=None) -> dict[str, float]:
-        """The task metrics and MACs of this checkpoint on one split of its task (any split the DataModule
-        has: ``train``, ``validation``, ``test``, ...), with its length configuration. ``datamodule``: one
-        from :meth:`datamodule` to reuse across calls (else a new one reads ``data_dir``).
+                 length_config: Any = None, max_examples: int | None = None, datamodule=None,
+                 batches: list[dict[str, torch.Tensor]] | None = None, transform=None) -> dict[str, float]:
+        """The task metrics and MACs (:func:`dyntok.evaluation.evaluate.evaluate`) of this checkpoint on one
+        split of its task (any split the DataModule has: ``train``, ``validation``, ``test``, ...), with its
+        length configuration. ``datamodule``: one from :meth:`datamodule` to reuse across calls (else a new
+        one reads ``data_dir``); ``batches``: that split's batches, already loaded; ``transform``: a change to
+        each batch before the forward (e.g. truncation; MACs still count against the whole input).
 
         Raises:
             ConfigError / DataError: an unknown split, or data that cannot be found (give ``data_dir``).
@@ -174,14 +168,10 @@ class Predictor:
         dm = datamodule if datamodule is not None else self.datamodule(data_dir)
         metrics = self.module.split_metrics(split, dm, prefix="").to(self.device)
         rep = MacsReport(dims=self.module.dims, max_length=self.max_length, problem=self.task.problem)
-        for batch in dm.dataloader(split, batch_size=batch_size, max_examples=max_examples):
-            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            out = self.forward(batch, length_config)
-            self.module.update_metrics(metrics, out.logits, batch)
-            rep.update_from(out.encoder)
-        vals = {k: float(v) for k, v in metrics.compute().items()}
-        vals.update(rep.compute())
-        return vals
+        if batches is None:
+            batches = dm.dataloader(split, batch_size=batch_size, max_examples=max_examples)
+        return evaluate(lambda b: self.forward(b, length_config), batches, metrics, rep, self.task.problem,
+                        self.device, transform)
 
 
 def _tokenizer_from(meta: dict[str, Any], workdir: Path):
@@ -214,7 +204,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", trusted: bool = F
 
     from dyntok.data.tasks import get_task
     from dyntok.methods.build import build_method, build_model
-    from dyntok.methods.checkpoint import upgrade_config
+    from dyntok.methods.checkpoint import restore, upgrade_config
 
     state = read_checkpoint(path, trusted)
     meta = state["dyntok"]
@@ -227,10 +217,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", trusted: bool = F
     # the architecture stored in the checkpoint (none in the oldest ones: the pretrained source it names)
     model = build_model(cfg.model, task, backbone_config=meta.get("backbone_config"))
     module = build_method(cfg, model, task)
-    missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
-    if missing:
-        raise CheckpointError(f"{state['path']}: weights missing for {missing[:5]}")
-    module.on_load_checkpoint(state)
+    restore(module, state, state["path"], strict=False)
     workdir = Path(tempfile.mkdtemp(prefix="dyntok-tokenizer-"))
     tokenizer, tok_dir = _tokenizer_from(meta, workdir)
     return Predictor(module, tokenizer, meta, device, tokenizer_dir=tok_dir)

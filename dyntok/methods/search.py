@@ -22,6 +22,7 @@ import torch
 
 from dyntok.core.lengths import LengthConfig
 from dyntok.errors import ConfigError
+from dyntok.evaluation.evaluate import update_metrics
 from dyntok.evaluation.frontier import (
     Point,
     best_under_budget,
@@ -29,6 +30,7 @@ from dyntok.evaluation.frontier import (
     near_frontier,
     pareto_frontier,
 )
+from dyntok.evaluation.results import format_table
 from dyntok.methods.evolution import (
     EvolutionarySearch,
     Gene,
@@ -141,7 +143,7 @@ class LengthSearch:
             try:
                 with self.precision():
                     for i, b in enumerate(batches):
-                        self.m.update_metrics(metrics, cache.logits(i, cfg)[0].float(), b)
+                        update_metrics(metrics, cache.logits(i, cfg)[0].float(), b, self.m.task.problem)
             finally:
                 model.train(was_training)
             return float(metrics.compute()[self.m.task.main_metric])
@@ -193,7 +195,7 @@ class LengthSearch:
                     b = batches[i]
                     with self.precision():
                         logits = cache.logits(i, cfg)[0].float()
-                    self.m.update_metrics(metrics, logits, b)  # the exact score of a gene never stopped
+                    update_metrics(metrics, logits, b, self.m.task.problem)  # the exact score of a gene never stopped
                     correct += int((logits.argmax(-1) == b["labels"]).sum())
                     seen += int(b["labels"].numel())
                     if start <= seen < total:
@@ -365,10 +367,8 @@ class LengthSearch:
                 name: compare_to_curve(searched, curve) for name, curve in curves.items() if curve is not searched}
         run_dir = self.run_dir
         (run_dir / "frontier.json").write_text(json.dumps({"frontier": rows, "curves": curves}, indent=2))
-        cols = [k for k in rows[0] if k != "gene"] if rows else []
-        lines = ["\t".join(["gene", *cols])] + ["\t".join([",".join(map(str, r["gene"])),
-                                                         *(str(r[c]) for c in cols)]) for r in rows]
-        (run_dir / "frontier.tsv").write_text("\n".join(lines) + "\n")
+        cols = ["gene", *(k for k in rows[0] if k != "gene")] if rows else ["gene"]
+        (run_dir / "frontier.tsv").write_text(format_table(rows, cols, sep="\t") or "gene\n")
         if curves:
             from dyntok.evaluation.plots import plot_curves
 

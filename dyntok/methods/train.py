@@ -66,6 +66,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         RngState,
     )
     from dyntok.methods.checkpoint import check_resumable, load_init_weights
+    from dyntok.methods.config import SpeedupConfig
+    from dyntok.options import build_options
 
     _quiet_libraries()
     start = time.time()
@@ -74,8 +76,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     task = get_task(cfg.task.name)
     dm = instantiate(cfg.data)
     model = build_model(cfg.model, task)
-    module = build_method(cfg, model, task)
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module = build_method(cfg, model, task, OmegaConf.to_container(cfg, resolve=True))
     trusted = bool(cfg.get("trust_checkpoint", False))
     if cfg.init_from:
         module.on_init_from(load_init_weights(module, cfg.init_from, cfg.model.name, trusted))
@@ -117,10 +118,18 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         # The model as tested (best or final weights, and the length configuration chosen or learned):
         # what dyntok.load(<run dir>) and the benchmark read.
         trainer.save_checkpoint(ckpt_dir / "final.ckpt", weights_only=True)
+    splits: dict[str, dict[str, float]] = {}
     if cfg.test:
         trainer.test(module, datamodule=dm, verbose=False)
-        if not module.test_results:  # ddp_spawn: the test ran in worker processes; its logged metrics came back
-            module.test_results = {s: _logged(trainer, f"{s}/") for s in task.test_splits}
+        # ddp_spawn: the test ran in worker processes; its logged metrics came back
+        splits = module.test_results or {s: _logged(trainer, f"{s}/") for s in task.test_splits}
+    speed: dict[str, Any] = {}
+    if cfg.test and cfg.speedup.enabled:
+        if trainer.world_size > 1:
+            log.info("speedup: not measured under DDP (time a checkpoint with python -m dyntok.compare)")
+        else:
+            opts = build_options(SpeedupConfig, OmegaConf.to_container(cfg.speedup), "speedup")
+            speed = {"split": task.test_splits[0], **measure_speedup(module, dm, task.test_splits[0], opts)}
     record = {
         "task": task.name,
         "method": cfg.method.name,
@@ -128,7 +137,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "label": cfg.get("label") or cfg.method.name,
         "status": "ok",
         "main_metric": task.main_metric,
-        "splits": module.test_results,
+        "splits": splits,
+        "speedup": speed or None,
         "best_val": _best_score(ckpt_cb, best),
         "best_checkpoint": best,
         "tested_weights": "best" if best and module.select_best and cfg.train else "final",
@@ -142,9 +152,38 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     if trainer.is_global_zero:
         path = write_results(run_dir, record)
         cols = ["task", "method", "split", *task.metric_names, "gmacs_per_example", "macs_ratio",
-                "padded_macs_ratio", "paper_macs_ratio", "examples"]
-        print(f"\n{format_table(flat_rows([record]), cols)}\n\nresults: {path}")
+                "padded_macs_ratio", "paper_macs_ratio", "measured_speedup", "examples"]
+        rows = [{**r, **(speed if r.get("split") == speed.get("split") else {})} for r in flat_rows([record])]
+        print(f"\n{format_table(rows, cols)}\n\nresults: {path}")
     return record
+
+
+def measure_speedup(module, datamodule, split: str, opts) -> dict[str, float]:
+    """Time the tested model (:meth:`~dyntok.methods.base.TaskModule.infer`) against the same weights running
+    every token, on ``opts.max_examples`` examples of ``split``, in turns (:func:`~dyntok.evaluation.timing.race_ms`).
+
+    Returns:
+        ``ms_per_example`` and ``full_ms_per_example`` (ms, the fastest of ``opts.repeats`` passes each),
+        ``measured_speedup`` (their ratio, full / tested) and ``timed_examples``. ``opts``: a
+        :class:`~dyntok.methods.config.SpeedupConfig`.
+    """
+    import torch
+
+    from dyntok.evaluation.timing import race_ms
+
+    was_training = module.training
+    module.eval()
+    batches = [{k: v.to(module.device) if torch.is_tensor(v) else v for k, v in b.items()}
+               for b in datamodule.dataloader(split, max_examples=opts.max_examples)]
+    try:
+        ms = race_ms({"tested": module.infer, "full": module}, batches, opts.repeats, module.device)
+    finally:
+        module.train(was_training)
+    log.info("speedup on %s: %.3f ms/example tested, %.3f full: %.2fx", split, ms["tested"], ms["full"],
+             ms["full"] / ms["tested"])
+    return {"ms_per_example": ms["tested"], "full_ms_per_example": ms["full"],
+            "measured_speedup": ms["full"] / ms["tested"],
+            "timed_examples": sum(int(b["input_ids"].size(0)) for b in batches)}
 
 
 def _log_progress(progress: str) -> bool:
