@@ -20,7 +20,7 @@ run() {  # run <dir> <overrides...>: one dyntok.run unless <dir>/results.json ex
   "$PY" -m dyntok.run "${COMMON[@]}" "$@" "hydra.run.dir=$dir"
 }
 
-run "$OUT/full" label=full
+run "$OUT/full" method=full label=full
 run "$OUT/lengthdrop" method=lengthdrop "init_from=$OUT/full" method.layer_drop=0.0 "method.length_drop_prob=$P" \
     method.num_sandwich=1 method.search.max_examples=200 method.search.population=8 method.search.iterations=3 \
     method.search.mutations=8 method.search.crossovers=8 method.search.budget=0.6 method.search.curves=false \

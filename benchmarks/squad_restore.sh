@@ -28,7 +28,7 @@ PY=${PYTHON:-.venv/bin/python}
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 mkdir -p "$DOCS" "$RUNS"
 WIN=(task=squad task.max_length=192 task.doc_stride=64 "data_dir=$DATA" logger=csv data.max_eval_samples=500
-     data.batch_size=16 data.length_bucketing=true model.lr=1e-4)
+     data.batch_size=16 model.lr=1e-4)
 LD=(method=lengthdrop method.length_drop_prob=0.2 method.layer_drop=0.2 method.num_sandwich=1
     method.search.max_examples=150 method.search.population=10 method.search.iterations=4
     method.search.mutations=8 method.search.crossovers=8 method.search.curves=false)
@@ -60,7 +60,7 @@ trained() {  # trained <stage> <name>: the checkpoint exists, or the stage must 
 
 FULL="$RUNS/a/full" OUT_MODEL="$RUNS/b/ld_output" LAST_MODEL="$RUNS/c/ld_last_layer"
 if has a || has b || has c || has d; then
-  trained a full || run a full "data.max_train_samples=$Q" trainer.max_epochs=1 "label=full"
+  trained a full || run a full method=full "data.max_train_samples=$Q" trainer.max_epochs=1 "label=full"
 fi
 if has b || has c || has d || has e; then
   trained b ld_output || run b ld_output "${LD[@]}" "init_from=$FULL" data.max_train_samples=4000 \
@@ -92,9 +92,9 @@ PY
 }
 
 if has d; then
-  run d full_length "init_from=$FULL" train=false "label='full'"
+  run d full_length method=full "init_from=$FULL" train=false "label='full'"
   for r in $(ratios none); do
-    run d "full_const_$r" "init_from=$FULL" train=false "eval_length_config=$r" "label='standard model, constant ratio'"
+    run d "full_const_$r" method=full "init_from=$FULL" train=false "eval_length_config=$r" "label='standard model, constant ratio'"
   done
   for mode in output last_layer; do
     M="$RUNS/b/ld_output"; [ "$mode" = last_layer ] && M="$RUNS/c/ld_last_layer"

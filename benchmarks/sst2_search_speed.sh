@@ -23,7 +23,7 @@ DOCS=docs/benchmarks/sst2_search_speed
 PY=${PYTHON:-.venv/bin/python}
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 mkdir -p "$DOCS" "$RUNS"
-COMMON=(task=sst2 "data_dir=$DATA" data.max_train_samples=8000 data.length_bucketing=true logger=csv)
+COMMON=(task=sst2 "data_dir=$DATA" data.max_train_samples=8000 logger=csv)
 SEARCH=(method=lengthdrop train=false "init_from=$RUNS/train" method.search.min_length=15
         method.search.max_examples=1000 method.search.population=20 method.search.mutations=30
         method.search.crossovers=30 method.search.iterations=3 method.search.curves=false)

@@ -12,7 +12,8 @@ DATA=${1:-../shared/data/glue}
 OUT=${2:-runs/sst2}
 PY=${PYTHON:-.venv/bin/python}
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
-COMMON=(task=sst2 "data_dir=$DATA" data.max_train_samples=16000 data.length_bucketing=true logger=csv)
+# the recipes are the experiment configs (dyntok/conf/experiment/sst2_*.yaml); variants override them
+COMMON=("data_dir=$DATA")
 
 run() {  # run <dir> <overrides...>: one dyntok.run unless <dir>/results.json exists
   local dir=$1; shift
@@ -20,18 +21,18 @@ run() {  # run <dir> <overrides...>: one dyntok.run unless <dir>/results.json ex
   "$PY" -m dyntok.run "${COMMON[@]}" "$@" "hydra.run.dir=$dir"
 }
 
-run "$OUT/full" label=full
+run "$OUT/full" experiment=sst2_full
 for r in 0.9 0.7 0.5 0.4 0.3; do
-  run "$OUT/extract/keep2_$r" train=false "init_from=$OUT/full" "eval_length_config=[1,1,$r,$r,$r,$r]" \
+  run "$OUT/extract/keep2_$r" experiment=sst2_full train=false "init_from=$OUT/full" "eval_length_config=[1,1,$r,$r,$r,$r]" \
       "label='extraction (layers 1-2 whole)'"
-  run "$OUT/extract/const_$r" train=false "init_from=$OUT/full" "eval_length_config=$r" \
+  run "$OUT/extract/const_$r" experiment=sst2_full train=false "init_from=$OUT/full" "eval_length_config=$r" \
       "label='extraction (constant ratio)'"
 done
 # the fair reference of the 3-epoch stages below: the same model trained as long
-run "${OUT}_ref/full_5ep" "init_from=$OUT/full" trainer.max_epochs=3 "label='full (+3 epochs)'"
+run "${OUT}_ref/full_5ep" experiment=sst2_full "init_from=$OUT/full" trainer.max_epochs=3 "label='full (+3 epochs)'"
 # gates: three more epochs from the fine-tuned model, gates and encoder together; mu ramped in over 30-60%
 # of the steps (the encoder then adapts to the settled gates for 1.2 epochs)
-GATES=(method=gates "init_from=$OUT/full" trainer.max_epochs=3 regularizer.mu=300 "method.mu_ramp=[0.3,0.6]")
+GATES=(experiment=sst2_gates "init_from=$OUT/full")
 for lam in 2.5 2.75 3.0 3.5; do   # R_sparse on the gate vectors, a gate per rank (the reconstruction's default)
   run "$OUT/gates_3ep/lam_$lam" "${GATES[@]}" "regularizer.lambda=$lam" "label='gates (mu=300, 3 epochs)'"
 done
@@ -48,8 +49,8 @@ for lam in 2.5 4.0 6.0; do   # layers 1-2 carry no gates (extraction shows they 
       "label='gates (layers 1-2 ungated, 3 epochs)'"
 done
 # the same without the bi-modal term: gates stay spread around the threshold
-run "$OUT/gates_mu0/lam_2.5" method=gates "init_from=$OUT/full" trainer.max_epochs=3 regularizer.lambda=2.5 \
-    regularizer.mu=0 "label='gates (mu=0, 3 epochs)'"
+run "$OUT/gates_mu0/lam_2.5" "${GATES[@]}" regularizer.lambda=2.5 regularizer.mu=0 "method.mu_ramp=[0.5,0.9]" \
+    "label='gates (mu=0, 3 epochs)'"
 # single-lambda probes past the 2.5x cliff (report only, not in compare): distillation from the full model,
 # the token L1 weighted by MACs (uniform layers), slower gates
 V="${OUT}_ref/gates_variants"
@@ -74,31 +75,30 @@ run "$OUT/gates_floor/keep_0.2_lam_3.0" "${GATES[@]}" regularizer.lambda=3.0 met
 # dev 25), so the gates above learn per-rank decisions on inputs shorter than the ones they are tested on.
 # 10,000 of the 20,290 training examples of >= 15 tokens: about as many tokens as the 16,000 examples above
 SENT=(data.max_train_samples=10000 data.train_min_length=15)
-run "${OUT}_ref/full_5ep_sentences" "${SENT[@]}" "init_from=$OUT/full" trainer.max_epochs=3 \
+run "${OUT}_ref/full_5ep_sentences" experiment=sst2_full "${SENT[@]}" "init_from=$OUT/full" trainer.max_epochs=3 \
     "label='full (+3 epochs on sentences)'"
 for lam in 2.5 2.75; do
-  run "$OUT/gates_sentences/lam_$lam" "${SENT[@]}" "${GATES[@]}" "regularizer.lambda=$lam" \
+  run "$OUT/gates_sentences/lam_$lam" "${GATES[@]}" "${SENT[@]}" "regularizer.lambda=$lam" \
       "label='gates (sentences, 3 epochs)'"
 done
-run "$OUT/gates_sentences_tokens/lam_3.0" "${SENT[@]}" "${GATES[@]}" regularizer.lambda=3.0 method.sparsity=tokens \
+run "$OUT/gates_sentences_tokens/lam_3.0" "${GATES[@]}" "${SENT[@]}" regularizer.lambda=3.0 method.sparsity=tokens \
     "label='gates (sentences, token L1, 3 epochs)'"
 # early layers charged most and a floor under the late ones: aimed at LengthDrop's searched shape (69% kept
 # after layer 1, 22% after layers 4-5)
-run "$OUT/gates_sentences_reverse_floor/lam_1.0" "${SENT[@]}" "${GATES[@]}" regularizer.lambda=1.0 \
+run "$OUT/gates_sentences_reverse_floor/lam_1.0" "${GATES[@]}" "${SENT[@]}" regularizer.lambda=1.0 \
     method.layer_weighting=reverse method.min_keep=0.2 "label='gates (sentences, reverse weights, min_keep 0.2, 3 epochs)'"
 "$PY" -m dyntok.report "$OUT/full" "${OUT}_ref/full_5ep_sentences" "$OUT/gates_floor" "$OUT/gates_sentences" \
     "$OUT/gates_sentences_tokens" "$OUT/gates_sentences_reverse_floor" --split test --out docs/benchmarks/sst2_gates_sentences
 # LengthDrop: four epochs of sandwich training from the fine-tuned model (the paper trains five); p=0.35
 # reaches 0.33x MACs on 6 layers; no LayerDrop (see README); tested at full length
-run "$OUT/lengthdrop_4ep" method=lengthdrop "init_from=$OUT/full" trainer.max_epochs=4 method.layer_drop=0.0 \
-    method.search.enabled=false "label='lengthdrop (4 epochs, full length)'"
+run "$OUT/lengthdrop_4ep" experiment=sst2_lengthdrop "init_from=$OUT/full" "label='lengthdrop (4 epochs, full length)'"
 # the paper's search as is (20/30/30/30 on 1,000 held-out training examples): its time is the goal
-run "${OUT}_ref/lengthdrop_4ep_search" method=lengthdrop train=false "init_from=$OUT/lengthdrop_4ep" \
+run "${OUT}_ref/lengthdrop_4ep_search" experiment=sst2_search method.search.min_length=0 "init_from=$OUT/lengthdrop_4ep" \
     "label='lengthdrop (4 epochs, paper search on 1,000 training examples)'"
 # the search (20/30/30/30) scored on 800 held-out training sentences of >= 15 tokens (dev holds sentences,
 # train mostly phrases); the genes within 1 point of its frontier re-scored on 1,500 further sentences
-run "$OUT/lengthdrop_4ep_search_rescored" method=lengthdrop train=false "init_from=$OUT/lengthdrop_4ep" \
-    method.search.min_length=15 method.search.max_examples=800 method.search.rescore_examples=1500 \
+run "$OUT/lengthdrop_4ep_search_rescored" experiment=sst2_search "init_from=$OUT/lengthdrop_4ep" \
+    method.search.max_examples=800 method.search.rescore_examples=1500 \
     "label='lengthdrop (4 epochs, searched on sentences, re-scored)'"
 # what each learned gates configuration is worth on another encoder: the LengthDrop model inferring with the
 # gates runs' hard gates (dyntok.api --gates-from), to set against the gates models' own accuracy

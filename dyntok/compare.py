@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             run_dir = Path(rec["path"])
             pred = dyntok.load(tested_checkpoint(rec))
             preds.setdefault("lengthdrop", pred)
-            ref_len = int(cfg.get("task", {}).get("max_length") or 128)
+            ref_len = pred.max_length
             if not (run_dir / "frontier.json").exists():  # no search in this run: the configuration it tested
                 lc = LengthConfig.parse(rec.get("length_config") or 1.0, pred.module.model.num_layers, "length_config")
                 add({"method": "lengthdrop", "label": rec.get("label") or "lengthdrop", "config": lc.describe(),

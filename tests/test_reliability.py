@@ -38,7 +38,7 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASET
        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
                                                    os.environ.get("PYTHONPATH")]))}
 # ~100 optimizer steps of the tiny model, a checkpoint every 4: long enough to be killed in the middle
-TRAIN = ["model=tiny", "logger=csv", "data.max_train_samples=400", "data.max_eval_samples=40",
+TRAIN = ["method=full", "model=tiny", "logger=csv", "data.max_train_samples=400", "data.max_eval_samples=40",
          "data.batch_size=8", "trainer.max_epochs=2", "checkpoint.every_n_train_steps=4", "model.dropout=0.1"]
 
 
@@ -150,7 +150,7 @@ def test_sigkill_mid_search_then_rerun_ends_with_the_same_frontier(tmp_path):
 GLUE = ROOT / "tests" / "data" / "glue"
 # SST-2 excerpt: 54 training sentences in 6 batches an epoch, 2 epochs; a step checkpoint every 3 steps, so
 # also at each epoch's last batch (where none may be written: the end-of-epoch one follows validation)
-RESUME = ["model=tiny", "logger=none", "task=sst2", f"data_dir={GLUE}", "data.batch_size=9", "trainer.max_epochs=2",
+RESUME = ["method=full", "model=tiny", "logger=none", "task=sst2", f"data_dir={GLUE}", "data.batch_size=9", "trainer.max_epochs=2",
           "checkpoint.every_n_train_steps=3", "model.dropout=0.1"]
 RESUME_CASES = {
     "full": ["method=full"],
@@ -369,7 +369,7 @@ def test_another_method_or_model_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("tiny_run")
-    args = ["model=tiny", "logger=csv", "data.max_train_samples=64", "data.max_eval_samples=40",
+    args = ["method=full", "model=tiny", "logger=csv", "data.max_train_samples=64", "data.max_eval_samples=40",
             "trainer.max_epochs=1", "data.batch_size=16"]
     proc = subprocess.run(_cmd(args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

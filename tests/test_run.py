@@ -17,7 +17,7 @@ import dyntok.run  # noqa: F401  (registers the typed config nodes the YAML file
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "dyntok" / "conf"
 GLUE = ROOT / "tests" / "data" / "glue"
-TINY = ["model=tiny", "logger=csv", "data.max_train_samples=48", "data.max_eval_samples=24",
+TINY = ["method=full", "model=tiny", "logger=csv", "data.max_train_samples=48", "data.max_eval_samples=24",
         "trainer.max_epochs=1", "data.batch_size=16"]
 
 

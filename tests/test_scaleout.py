@@ -318,7 +318,7 @@ def test_a_gates_sweep_command_runs_with_the_tiny_model(tmp_path):
     the environment), plus the tiny overrides; it writes results.json into the sweep's run folder."""
     cfg = yaml.safe_load((ROOT / "sweeps" / "gates_lambda.yaml").read_text())
     args = next(a for a in grid(cfg) if a["task"]["value"] == "rotten_tomatoes")
-    tiny = [o for o in TINY if not o.startswith("logger=")] + ["logger.mode=offline", "device=cpu"]
+    tiny = [o for o in TINY if not o.startswith(("logger=", "method="))] + ["logger.mode=offline", "device=cpu"]
     env = _env(WANDB_SWEEP_ID="testsweep", WANDB_RUN_ID="run0",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run([*agent_command(cfg, args), *tiny], capture_output=True, text=True, timeout=300,

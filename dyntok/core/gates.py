@@ -79,7 +79,7 @@ class RankGates(nn.Module):
         max_length: int,
         parametrization: Literal["clip", "sigmoid"] = "clip",
         init: float = 1.0,
-        straight_through: bool = False,
+        straight_through: bool = True,
         threshold: float = 0.5,
         skip_first: int = 0,
         fixed_first: bool = False,

@@ -19,6 +19,7 @@ from torch import nn
 from dyntok.core.lengths import LengthConfig
 from dyntok.core.macs import MacsReport, ModelDims
 from dyntok.core.model import DynTokModel, ModelOutput
+from dyntok.data.config import DataConfig
 from dyntok.data.tasks import TaskSpec
 from dyntok.errors import ConfigError
 from dyntok.evaluation.evaluate import update_metrics
@@ -175,7 +176,7 @@ class TaskModule(L.LightningModule):
     def _max_length(self) -> int:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         hp = getattr(dm, "hparams", {})
-        return int(hp.get("max_length", 0) or self.model.encoder.config.max_position_embeddings)
+        return int(hp.get("max_length", 0) or DataConfig.max_length)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._eval_step(batch, self.val_metrics, self.val_macs)

@@ -6,9 +6,11 @@ value of the wrong type fails at composition, and a value out of range when the 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+from dyntok.core.gates import RankGates
 from dyntok.data.config import DataConfig
 from dyntok.errors import ConfigError
 from dyntok.options import build_options, check_choice
@@ -131,7 +133,7 @@ class LengthDropConfig:
     length_unit: str = "ratio"
     """``ratio`` (l_0 the batch's longest input, each example keeps its share; dyntok) or ``tokens`` (l_0 =
     ``max_length``, an input of n tokens keeps min(l_j, n); the authors')."""
-    max_length: int | None = None
+    max_length: int = DataConfig.max_length
     """The padded input length (``task.max_length``): l_0 of ``tokens`` and the genes' reference."""
     layer_drop: float = 0.2
     """Probability of skipping each layer in the full model and the random sub-models (paper: 0.2)."""
@@ -154,7 +156,7 @@ class LengthDropConfig:
         if not 0.0 < self.length_drop_prob < 1.0:
             raise ConfigError(f"method.length_drop_prob must be in (0, 1), got {self.length_drop_prob}")
         check_choice("method.length_unit", self.length_unit, ("ratio", "tokens"))
-        if self.max_length is not None and self.max_length < 2:
+        if self.max_length < 2:
             raise ConfigError(f"method.max_length must be >= 2, got {self.max_length}")
         if not 0.0 <= self.layer_drop < 1.0:
             raise ConfigError(f"method.layer_drop must be in [0, 1), got {self.layer_drop}")
@@ -162,6 +164,10 @@ class LengthDropConfig:
             raise ConfigError(f"method.num_sandwich and method.finetune_epochs must be >= 0, got {self.num_sandwich} "
                               f"and {self.finetune_epochs}")
         check_choice("method.kd_direction", self.kd_direction, ("forward", "reverse"))
+
+
+# the gates' own options default to RankGates' arguments (one place)
+_RANK_GATES = {name: p.default for name, p in inspect.signature(RankGates).parameters.items()}
 
 
 @dataclass
@@ -176,27 +182,27 @@ class GatesConfig:
     gate_lr_schedule: str = "constant"
     """``constant``, or ``linear``: warm-up then linear decay like the encoder (PoWER-BERT's retention
     parameters)."""
-    max_length: int = 128
+    max_length: int = DataConfig.max_length
     """T_max, ranks gated (``task.max_length``)."""
-    parametrization: str = "clip"
+    parametrization: str = _RANK_GATES["parametrization"]
     """Gates as raw values clipped to [0, 1] (``clip``, PoWER-BERT) or ``sigmoid`` of a logit."""
-    gate_init: float = 1.0
+    gate_init: float = _RANK_GATES["init"]
     """Initial gate value in (0, 1]."""
-    straight_through: bool = True
+    straight_through: bool = _RANK_GATES["straight_through"]
     """Training forward uses the hard gates (g > threshold) with the soft gradient."""
-    threshold: float = 0.5
+    threshold: float = _RANK_GATES["threshold"]
     """A gate above it keeps its rank at inference."""
-    skip_first: int = 0
+    skip_first: int = _RANK_GATES["skip_first"]
     """The first layers carry no gates (keep every token)."""
-    min_keep: float = 0.0
+    min_keep: float = _RANK_GATES["min_keep"]
     """Every gated layer keeps at least this share of each input's tokens (0: none; not in the paper)."""
     layer_weighting: str = "linear"
     """w_j of R_sparse: ``linear`` (j, PoWER-BERT), ``uniform`` or ``reverse`` (L - j + 1)."""
     sparsity: str = "gates"
     """L1 on the gate vectors (``gates``) or on the masks the tokens see (``tokens``)."""
-    rank_scale: str = "absolute"
+    rank_scale: str = _RANK_GATES["rank_scale"]
     """A gate per rank (``absolute``, T_max of them) or per share of the input's tokens (``relative``)."""
-    rank_bins: int = 20
+    rank_bins: int = _RANK_GATES["bins"]
     """Gates per layer with ``rank_scale=relative``."""
     freeze_gates_steps: int = 0
     """Training steps before the gates start to move."""
@@ -238,6 +244,25 @@ class SpeedupConfig:
                               f"{self.max_examples}")
 
 
+@dataclass
+class CheckpointConfig:
+    """What a run writes under ``<run>/checkpoints`` (``checkpoint.*``; :mod:`dyntok.methods.callbacks`)."""
+
+    save_top_k: int = 1
+    """Best checkpoints kept by the validation metric (``best-<step>.ckpt``; -1: all, 0: none)."""
+    save_last: bool = True
+    """Write ``last.ckpt``, the point a rerun of the same command resumes from."""
+    every_n_train_steps: int | None = 200
+    """Also write ``last.ckpt`` every this many optimizer steps inside an epoch (null: only after each
+    validation and at each epoch's end); a killed run loses at most that many steps."""
+
+    def __post_init__(self) -> None:
+        if self.save_top_k < -1:
+            raise ConfigError(f"checkpoint.save_top_k must be >= -1, got {self.save_top_k}")
+        if self.every_n_train_steps is not None and self.every_n_train_steps < 1:
+            raise ConfigError(f"checkpoint.every_n_train_steps must be >= 1 or null, got {self.every_n_train_steps}")
+
+
 # ---- the Hydra nodes ---------------------------------------------------------------------------------------
 
 
@@ -277,7 +302,7 @@ class DataNode(DataConfig):
 
 def register_schemas() -> None:
     """Put the nodes into Hydra's ConfigStore (``schema/method/{full,gates,lengthdrop}``, ``schema/data``,
-    ``schema/speedup``),
+    ``schema/speedup``, ``schema/checkpoint``),
     where the shipped YAML files extend them. Idempotent."""
     from hydra.core.config_store import ConfigStore
 
@@ -286,6 +311,7 @@ def register_schemas() -> None:
         cs.store(group="schema/method", name=name, node=node)
     cs.store(group="schema", name="data", node=DataNode)
     cs.store(group="schema", name="speedup", node=SpeedupConfig)
+    cs.store(group="schema", name="checkpoint", node=CheckpointConfig)
 
 
 register_schemas()

@@ -66,6 +66,7 @@ from dyntok.evaluation.frontier import (
     Point,
     pareto_frontier,
 )
+from dyntok.methods.config import LengthDropConfig, SearchConfig
 
 Gene = tuple[int, ...]
 log = logging.getLogger("dyntok")
@@ -245,7 +246,7 @@ class EvolutionarySearch:
         ref_length: T_ref, tokens a gene's counts are measured against.
         length_drop_prob: p; the smallest gene is the constant-ratio gene q = 1 - p.
         population, iterations, mutations, crossovers, mutation_prob: Alg. 1's sizes (authors' defaults
-            20, 100, 30, 30, 0.5; dyntok's config defaults 20, 30, 30, 30, 0.5).
+            20, 100, 30, 30, 0.5; dyntok's: :class:`~dyntok.methods.config.SearchConfig`'s).
         seed: the search's own RNG seed.
         store: a :class:`SearchStore` (evaluated genes; resume).
         progress: show a progress bar (genes considered).
@@ -263,13 +264,16 @@ class EvolutionarySearch:
         ConfigError: sizes or options out of range.
     """
 
+    # the defaults are the config's (one place: dyntok.methods.config)
     def __init__(self, evaluate: Callable[..., Any], macs: Callable[[Gene], float], num_layers: int,
-                 ref_length: int, length_drop_prob: float = 0.2, population: int = 20, iterations: int = 30,
-                 mutations: int = 30, crossovers: int = 30, mutation_prob: float = 0.5, seed: int = 0,
-                 store: SearchStore | None = None, progress: bool = True, init: str = "retention",
-                 fill: str = "population", floor: int = GENE_FLOOR, max_attempts: int = 50,
-                 canonical: Callable[[Gene], Gene] | None = None, parents: str = "population",
-                 racing: bool = False) -> None:
+                 ref_length: int, length_drop_prob: float = LengthDropConfig.length_drop_prob,
+                 population: int = SearchConfig.population, iterations: int = SearchConfig.iterations,
+                 mutations: int = SearchConfig.mutations, crossovers: int = SearchConfig.crossovers,
+                 mutation_prob: float = SearchConfig.mutation_prob, seed: int = SearchConfig.seed,
+                 store: SearchStore | None = None, progress: bool = True, init: str = SearchConfig.init,
+                 fill: str = SearchConfig.fill, floor: int = GENE_FLOOR, max_attempts: int = 50,
+                 canonical: Callable[[Gene], Gene] | None = None, parents: str = SearchConfig.parents,
+                 racing: bool = SearchConfig.racing) -> None:
         if not 0 < length_drop_prob < 1:
             raise ConfigError(f"search length_drop_prob must be in (0, 1), got {length_drop_prob}")
         if population < 2 or iterations < 0 or mutations < 0 or crossovers < 0:

@@ -52,7 +52,7 @@ class LengthDropModule(TaskModule):
         o: LengthDropConfig = self.options
         self.p = o.length_drop_prob
         self.length_unit = o.length_unit
-        self.max_length = int(o.max_length or self.model.encoder.config.max_position_embeddings)
+        self.max_length = o.max_length
         self.layer_drop = o.layer_drop
         self.layer_drop_smallest = o.layer_drop_smallest
         self.num_sandwich = o.num_sandwich

@@ -22,6 +22,7 @@ import torch
 from dyntok.core.lengths import LengthConfig
 from dyntok.core.macs import MacsReport, model_macs
 from dyntok.data.batches import batches_from_texts
+from dyntok.data.config import DataConfig
 from dyntok.errors import CheckpointError, ConfigError
 from dyntok.evaluation.evaluate import evaluate
 from dyntok.methods.checkpoint import read_checkpoint
@@ -66,7 +67,7 @@ class Predictor:
         self.task = module.task
         self.device = torch.device(device)
         self.config: dict[str, Any] = meta.get("config") or {}
-        self.max_length = int((self.config.get("task") or {}).get("max_length") or 128)
+        self.max_length = int((self.config.get("task") or {}).get("max_length") or DataConfig.max_length)
 
     @property
     def length_config(self) -> LengthConfig | None:

@@ -66,7 +66,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         RngState,
     )
     from dyntok.methods.checkpoint import check_resumable, load_init_weights
-    from dyntok.methods.config import SpeedupConfig
+    from dyntok.methods.config import CheckpointConfig, SpeedupConfig
     from dyntok.options import build_options
 
     _quiet_libraries()
@@ -81,15 +81,16 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     if cfg.init_from:
         module.on_init_from(load_init_weights(module, cfg.init_from, cfg.model.name, trusted))
 
+    ckpt_opts = build_options(CheckpointConfig, OmegaConf.to_container(cfg.checkpoint), "checkpoint")
     ckpt_dir = run_dir / "checkpoints"
     monitor = f"val/{task.main_metric}"
     # best-*.ckpt only: last.ckpt (the resume point) is LastCheckpoint's alone
     ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="max", filename="best-{step}",
-                              save_top_k=cfg.checkpoint.save_top_k, save_last=False,
+                              save_top_k=ckpt_opts.save_top_k, save_last=False,
                               auto_insert_metric_name=False, enable_version_counter=False)
     callbacks = [FiniteLossGuard(), RngState(), EpochEndResume(), ckpt_cb, *module.extra_callbacks()]
-    if cfg.checkpoint.save_last:
-        callbacks.append(LastCheckpoint(ckpt_dir, cfg.checkpoint.get("every_n_train_steps")))
+    if ckpt_opts.save_last:
+        callbacks.append(LastCheckpoint(ckpt_dir, ckpt_opts.every_n_train_steps))
     # the user's own (callbacks.<name>._target_=...), after dyntok's
     callbacks += [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     kw = _trainer_kwargs(cfg)
