@@ -1,7 +1,7 @@
 """Trainable rank gates and the bi-modal regularizer (Jeong & Kwak 2021, arXiv 2102.09727).
 
-The paper's method section could not be read; this is the reconstruction in ``PAPERS.md`` with every
-choice a constructor argument:
+The paper states the method briefly; this is a reconstruction from it and PoWER-BERT (Goyal et al. 2020),
+with every choice a constructor argument:
 
 - **Mask matching**: layer j sorts its tokens by significance; the token of rank k leaves layer j with
   weight g_j[k]. In every later layer its attention probability as a key is multiplied by the product of its
@@ -50,7 +50,7 @@ class RankGates(nn.Module):
         num_layers: L, encoder depth.
         max_length: T_max, the longest input (``data.max_length``) in tokens.
         rank_scale: ``absolute`` (G = T_max gates: the token of rank k meets g_j[k], whatever the input's
-            length; the reconstruction in PAPERS.md) or ``relative`` (G = ``bins`` gates over the share of
+            length; the reconstruction's default) or ``relative`` (G = ``bins`` gates over the share of
             the input: the token of rank k in an input of n real tokens meets g_j[floor(k G / n)], so a gate
             means "the same share of the tokens" in a phrase of 8 tokens and a sentence of 50, and every
             gate is trained by inputs of every length).
@@ -61,8 +61,8 @@ class RankGates(nn.Module):
         init: initial gate value in (0, 1].
         straight_through: training forward uses the hard gates (g > threshold) with the soft gradient.
         threshold: a gate above it keeps its rank at inference.
-        skip_first: the first ``skip_first`` layers carry no gates and keep every token (token
-            rankings in the first layer are barely better than random, PAPERS.md).
+        skip_first: the first ``skip_first`` layers carry no gates and keep every token (their
+            significance scores have seen the least context, so dropping there costs most).
         fixed_first: rank 0 is always kept ([CLS] in classification): its gate is neither regularised
             nor counted in the statistics.
         min_keep: a floor on each gated layer, as a share of the input's real tokens: ranks below

@@ -172,7 +172,7 @@ _RANK_GATES = {name: p.default for name, p in inspect.signature(RankGates).param
 
 @dataclass
 class GatesConfig:
-    """Trainable rank gates with the bi-modal regularizer (Jeong & Kwak 2021, as reconstructed in PAPERS.md;
+    """Trainable rank gates with the bi-modal regularizer (Jeong & Kwak 2021, as reconstructed in :mod:`dyntok.core.gates`;
     :class:`dyntok.methods.gates.GatesModule`, :class:`dyntok.core.gates.RankGates`)."""
 
     regularizer: Any = field(default_factory=lambda: {"lambda": 2.5, "mu": 300.0})

@@ -81,7 +81,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     if cfg.init_from:
         module.on_init_from(load_init_weights(module, cfg.init_from, cfg.model.name, trusted))
 
+    # checked before training: a bad value fails at once
     ckpt_opts = build_options(CheckpointConfig, OmegaConf.to_container(cfg.checkpoint), "checkpoint")
+    speed_opts = build_options(SpeedupConfig, OmegaConf.to_container(cfg.speedup), "speedup")
     ckpt_dir = run_dir / "checkpoints"
     monitor = f"val/{task.main_metric}"
     # best-*.ckpt only: last.ckpt (the resume point) is LastCheckpoint's alone
@@ -125,12 +127,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         # ddp_spawn: the test ran in worker processes; its logged metrics came back
         splits = module.test_results or {s: _logged(trainer, f"{s}/") for s in task.test_splits}
     speed: dict[str, Any] = {}
-    if cfg.test and cfg.speedup.enabled:
+    if cfg.test and speed_opts.enabled:
         if trainer.world_size > 1:
             log.info("speedup: not measured under DDP (time a checkpoint with python -m dyntok.compare)")
         else:
-            opts = build_options(SpeedupConfig, OmegaConf.to_container(cfg.speedup), "speedup")
-            speed = {"split": task.test_splits[0], **measure_speedup(module, dm, task.test_splits[0], opts)}
+            speed = {"split": task.test_splits[0], **measure_speedup(module, dm, task.test_splits[0], speed_opts)}
     record = {
         "task": task.name,
         "method": cfg.method.name,
