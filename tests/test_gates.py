@@ -302,8 +302,8 @@ def _gates_module(**kw):
 
     torch.manual_seed(0)
     model = DynTokModel.from_pretrained(None, "classification", 2, config=TINY_BERT)
-    return GatesModule(model=model, task=get_task("sst2"), regularizer={"lambda": 0.0, "mu": 0.0}, max_length=32,
-                       **kw)
+    return GatesModule(model=model, task=get_task("sst2"),
+                       **{"regularizer": {"lambda": 0.0, "mu": 0.0}, "max_length": 32, **kw})
 
 
 def test_distillation_pulls_the_gated_student_towards_the_frozen_fine_tuned_model(tokenizer):
@@ -352,3 +352,51 @@ def test_warns_when_lambda_closed_no_gate(caplog):
 def test_gates_module_rejects_an_unknown_layer_weighting_when_built():
     with pytest.raises(ConfigError, match="method.layer_weighting .* got 'quadratic'"):
         _gates_module(layer_weighting="quadratic")
+
+
+# ---- the compute target (method.target_macs): a Lagrange multiplier by dual ascent ----------------------
+
+
+def test_the_multiplier_rises_above_the_target_and_falls_below_it():
+    module = _gates_module(target_macs=0.5, multiplier_lr=0.1)
+    ups = [module.update_multiplier(0.3) for _ in range(5)]  # expected ratio 0.8 against 0.5
+    assert ups == sorted(ups) and ups[-1] == pytest.approx(0.15)
+    downs = [module.update_multiplier(-0.2) for _ in range(10)]  # below the target: the pressure eases ...
+    assert downs == sorted(downs, reverse=True) and downs[-1] == pytest.approx(-0.05)  # ... then reverses
+
+
+def test_the_expected_ratio_is_the_hard_one_under_straight_through_gates(tokenizer):
+    module = _gates_module(target_macs=0.5)
+    with torch.no_grad():
+        module.gates.theta.data[1:, 4:] = 0.0  # layers 2-3 close every rank from 4 on
+    batch = tokenizer(["a gorgeous, witty, seductive movie about nothing much", "dull and long"], padding=True,
+                      return_tensors="pt")
+    real = batch["attention_mask"].sum(1)
+    module.train()
+    out = module(dict(batch), rank_gates=module.gates.training_gates(real, batch["input_ids"].size(1)))
+    expected = module.expected_macs_ratio(out.encoder.alive, batch["attention_mask"])
+    assert float(expected) == pytest.approx(module.hard_macs_ratio(real)) and float(expected) < 0.9
+    expected.backward()  # differentiable in the gates: the soft gradient reaches them
+    assert module.gates.theta.grad is not None and module.gates.theta.grad.abs().sum() > 0
+
+
+def test_the_multiplier_survives_a_checkpoint():
+    module = _gates_module(target_macs=0.5)
+    module.update_multiplier(3.0)
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    again = _gates_module(target_macs=0.5)
+    again.on_load_checkpoint(ckpt)
+    assert module.multiplier > 0 and again.multiplier == pytest.approx(module.multiplier)
+
+
+@pytest.mark.parametrize(("kw", "key"), [
+    ({"target_macs": 0.0}, "method.target_macs"),
+    ({"target_macs": 1.5}, "method.target_macs"),
+    ({"target_macs": 0.5, "regularizer": {"lambda": 2.5, "mu": 0.0}}, "regularizer.lambda"),
+    ({"target_macs": 0.5, "straight_through": False}, "method.straight_through"),
+    ({"target_baseline": "mean"}, "method.target_baseline"),
+])
+def test_a_bad_target_names_its_key(kw, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        _gates_module(**kw)

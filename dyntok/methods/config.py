@@ -210,6 +210,16 @@ class GatesConfig:
     """[start, end] shares of training: mu is 0 before start, linear up to end, then constant ([0, 0]: constant)."""
     distill: float = 0.0
     """Weight in [0, 1] of distillation from the frozen ``init_from`` model (not in the paper)."""
+    target_macs: float | None = None
+    """A MACs ratio in (0, 1] to train to instead of a fixed lambda: a Lagrange multiplier on (expected MACs
+    ratio - target) follows the target by dual ascent (ToP, Li et al. 2023; CoFi, Xia et al. 2022, Eq. 6).
+    Needs ``regularizer.lambda=0`` and ``straight_through`` (the expected ratio is then the hard one). The
+    multiplier acts on the training batches; no final phase yet holds the learned configuration to the target."""
+    target_baseline: str = "real"
+    """The target's baseline: the full model at each input's ``real`` length, or ``padded`` to ``max_length``."""
+    multiplier_lr: float = 0.05
+    """Dual ascent step: the multiplier moves by this times (expected ratio - target) every training step
+    (negative below the target: the gates are pushed open again)."""
 
     def __post_init__(self) -> None:
         lam, mu = float(self.regularizer.get("lambda", 0.0)), float(self.regularizer.get("mu", 0.0))
@@ -223,6 +233,18 @@ class GatesConfig:
         check_choice("method.gate_lr_schedule", self.gate_lr_schedule, ("constant", "linear"))
         if not 0.0 <= self.distill <= 1.0:
             raise ConfigError(f"method.distill must be in [0, 1], got {self.distill}")
+        check_choice("method.target_baseline", self.target_baseline, ("real", "padded"))
+        if self.target_macs is not None:
+            if not 0.0 < self.target_macs <= 1.0:
+                raise ConfigError(f"method.target_macs must be a MACs ratio in (0, 1], got {self.target_macs}")
+            if lam > 0:
+                raise ConfigError(f"method.target_macs={self.target_macs} and regularizer.lambda={lam} are both set: "
+                                  "the target's multiplier replaces lambda (give regularizer.lambda=0)")
+            if not self.straight_through:
+                raise ConfigError("method.target_macs needs method.straight_through=true: the controller must see "
+                                  "the hard ratio inference will run")
+            if self.multiplier_lr <= 0:
+                raise ConfigError(f"method.multiplier_lr must be > 0, got {self.multiplier_lr}")
 
 
 @dataclass

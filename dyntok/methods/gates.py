@@ -66,6 +66,8 @@ class GatesModule(TaskModule):
         self.layer_weighting = o.layer_weighting
         self.freeze_gates_steps = o.freeze_gates_steps
         self.mu_ramp = (float(o.mu_ramp[0]), float(o.mu_ramp[1]))
+        self.target, self.target_baseline, self.multiplier_lr = o.target_macs, o.target_baseline, o.multiplier_lr
+        self.multiplier = 0.0  # the Lagrange multiplier of the MACs target (dual ascent); saved in checkpoints
         self.gates = RankGates(self.model.num_layers, o.max_length, o.parametrization, o.gate_init,
                                o.straight_through, o.threshold, o.skip_first, fixed_first=self.model.keep_cls,
                                rank_scale=o.rank_scale, bins=o.rank_bins, min_keep=o.min_keep)
@@ -88,12 +90,60 @@ class GatesModule(TaskModule):
         if self.sparsity == "tokens":
             sparse = self.gates.token_sparsity(out.encoder.alive, batch["attention_mask"], self.layer_weighting)
         mu = self.current_mu()
-        loss = task + self.lam * sparse + mu * bimodal
         bs = batch["input_ids"].size(0)
+        if self.target is not None:
+            expected = self.expected_macs_ratio(out.encoder.alive, batch["attention_mask"])
+            gap = expected - self.target
+            loss = task + self.multiplier * gap + mu * bimodal
+            self.log_dict({"train/multiplier": self.multiplier, "train/expected_macs_ratio": expected.detach(),
+                           "train/hard_macs_ratio": self.hard_macs_ratio(real)}, batch_size=bs)
+            self.update_multiplier(float(gap.detach()))
+        else:
+            loss = task + self.lam * sparse + mu * bimodal
         self.log_dict({"train/loss": loss, "train/task_loss": task, "train/r_sparse": sparse,
                        "train/r_bimodal": bimodal}, prog_bar=True, batch_size=bs)
         self.log("train/mu", mu, batch_size=bs)
         return loss
+
+    def _macs_ratio(self, real: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """Encoder MACs of ``kept`` (B, L) tokens per layer over the full model's, on ``target_baseline``."""
+        from dyntok.core.macs import encoder_macs, full_macs
+
+        n = real.to(torch.float64)
+        base = n if self.target_baseline == "real" else torch.full_like(n, float(self.gates.max_length))
+        return encoder_macs(self.dims, n, kept).sum() / full_macs(self.dims, base).sum()
+
+    def expected_macs_ratio(self, alive: list[torch.Tensor | None], attention_mask: torch.Tensor) -> torch.Tensor:
+        """The batch's MACs ratio (scalar, differentiable in the gates) with layer j keeping sum_t a_j(t)
+        tokens, a_j the product of the gates token t met up to layer j (:attr:`EncoderOutput.alive`, (B, T)).
+        Under straight-through gates its value is the hard ratio of inference; its gradient the soft one."""
+        mask = attention_mask.to(torch.float64)
+        real = mask.sum(1)
+        kept, prev = [], real
+        for a in alive:  # a layer without gates keeps what the one before it kept
+            prev = prev if a is None else (a.to(torch.float64) * mask).sum(1)
+            kept.append(prev)
+        return self._macs_ratio(real, torch.stack(kept, 1))
+
+    @torch.no_grad()
+    def hard_macs_ratio(self, real: torch.Tensor) -> float:
+        """The batch's MACs ratio under the hard inference rule (:meth:`RankGates.hard_lengths`)."""
+        return float(self._macs_ratio(real, self.gates.hard_lengths(real).to(torch.float64)))
+
+    def update_multiplier(self, gap: float) -> float:
+        """Dual ascent on the target as an equality (CoFi, Xia et al. 2022, Eq. 6; ToP): the multiplier moves by
+        ``multiplier_lr * gap`` (gap: expected ratio - target). It turns negative below the target, which
+        pushes gates open again. Returns the new value."""
+        self.multiplier += self.multiplier_lr * gap
+        return self.multiplier
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["gates_multiplier"] = self.multiplier  # a resumed run continues the same dual ascent
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.multiplier = float(checkpoint.get("gates_multiplier", 0.0))
 
     def current_mu(self) -> float:
         """mu at this step: 0 before ``mu_ramp[0]`` of training, linear up to ``mu_ramp[1]``, then constant."""
@@ -167,6 +217,7 @@ class GatesModule(TaskModule):
         out = super().summary()
         out["gates"] = {
             "lambda": self.lam, "mu": self.mu, "distill": self.distill, **self.gates.stats(),
+            "target_macs": self.target, "target_baseline": self.target_baseline, "multiplier": self.multiplier,
             "values": self.gates.values().detach().cpu().tolist(),
             "rank_scale": self.gates.rank_scale,
             # per gated layer, the gates above the threshold (ranks, or share bins with rank_scale=relative)
