@@ -107,11 +107,12 @@ class GatesModule(TaskModule):
 
     def _macs_ratio(self, real: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         """Encoder MACs of ``kept`` (B, L) tokens per layer over the full model's, on ``target_baseline``."""
-        from dyntok.core.macs import encoder_macs, full_macs
+        from dyntok.core.macs import encoder_macs, full_macs, padded_macs
 
         n = real.to(torch.float64)
-        base = n if self.target_baseline == "real" else torch.full_like(n, float(self.gates.max_length))
-        return encoder_macs(self.dims, n, kept).sum() / full_macs(self.dims, base).sum()
+        base = full_macs(self.dims, n) if self.target_baseline == "real" else \
+            padded_macs(self.dims, self.gates.max_length, n.numel())
+        return encoder_macs(self.dims, n, kept).sum() / base.sum()
 
     def expected_macs_ratio(self, alive: list[torch.Tensor | None], attention_mask: torch.Tensor) -> torch.Tensor:
         """The batch's MACs ratio (scalar, differentiable in the gates) with layer j keeping sum_t a_j(t)
