@@ -8,18 +8,21 @@ MACs ratio (real-length baseline), one curve per method label.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from dyntok.evaluation.plots import plot_curves
-from dyntok.evaluation.results import flat_rows, format_table, read_results
+from dyntok.evaluation.plots import plot_controller, plot_curves
+from dyntok.evaluation.results import controller_trace, flat_rows, format_table, read_results
 
 
 def _label(rec: dict[str, Any]) -> str:
     if rec.get("method") == "gates":
         g = rec.get("gates") or {}
+        if g.get("target_macs") is not None:
+            return f"{rec.get('label') or 'gates'} (target {g['target_macs']} {g.get('target_baseline', 'real')})"
         return f"{rec.get('label') or 'gates'} (lambda={g.get('lambda')}, mu={g.get('mu')})"
     cfg = rec.get("length_config") or {}
     desc = f" {cfg.get('unit')}{[round(v, 3) for v in cfg.get('values', [])]}" if cfg else ""
@@ -72,6 +75,26 @@ def _wandb_records(project: str) -> list[dict[str, Any]]:
     return out
 
 
+def _controller(paths: list[str], prefix: Path) -> int:
+    if len(paths) != 1:
+        print(f"dyntok: error: --controller takes one run folder, got {len(paths)}", file=sys.stderr)
+        return 2
+    try:
+        trace = controller_trace(paths[0])
+    except FileNotFoundError as e:
+        print(f"dyntok: error: {e}", file=sys.stderr)
+        return 2
+    if not trace["multiplier"]:
+        print(f"dyntok: error: {paths[0]}: no train/multiplier in metrics.csv (a run with method.target_macs)",
+              file=sys.stderr)
+        return 2
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix.with_suffix(".json").write_text(json.dumps(trace) + "\n")
+    plot_controller(trace, prefix.with_suffix(".png"), title=str(paths[0]))
+    print(f"wrote {prefix.with_suffix('.json')} and {prefix.with_suffix('.png')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dyntok.report", description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="*", help="run or multirun folders (searched for results.json)")
@@ -82,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anchor", action="append", default=[], metavar="NAME=X:Y[,X:Y...]",
                     help="published points to mark on the plot, in the plot's units (e.g. "
                          "'LA-MiniLM (published)=1.0:0.8928,0.523:0.8776')")
+    ap.add_argument("--controller", metavar="PREFIX",
+                    help="instead of the table: the compute target's trace of the one run given (logger=csv), "
+                         "as <PREFIX>.json and <PREFIX>.png")
     args = ap.parse_args(argv)
+    if args.controller:
+        return _controller(args.paths, Path(args.controller))
     records = _wandb_records(args.wandb) if args.wandb else read_results(args.paths)
     if not records:
         print(f"dyntok: error: no results.json under {', '.join(args.paths) or '(no paths)'}", file=sys.stderr)

@@ -396,7 +396,79 @@ def test_the_multiplier_survives_a_checkpoint():
     ({"target_macs": 0.5, "regularizer": {"lambda": 2.5, "mu": 0.0}}, "regularizer.lambda"),
     ({"target_macs": 0.5, "straight_through": False}, "method.straight_through"),
     ({"target_baseline": "mean"}, "method.target_baseline"),
+    ({"target_macs": 0.5, "target_warmup": 1.5}, "method.target_warmup"),
+    ({"retrain_epochs": -1}, "method.retrain_epochs"),
 ])
 def test_a_bad_target_names_its_key(kw, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         _gates_module(**kw)
+
+
+def test_the_cut_meets_the_target_on_the_training_lengths_and_closes_the_lowest_gates_first():
+    module = _gates_module(target_macs=0.4, max_length=32)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        module.gates.theta.uniform_(0.2, 0.9)  # gates in flight, on both sides of the threshold
+    module.count_lengths(torch.randint(4, 33, (200,)))
+    cal = module.calibrate_to_target()
+    assert cal["ratio_after"] == pytest.approx(0.4, abs=0.03) and cal["ratio_before"] != cal["ratio_after"]
+    g = module.gates.values()
+    assert set(g.unique().tolist()) <= {0.0, 1.0}  # soft equals hard from here on
+    lengths = module.length_counts.nonzero().squeeze(1)
+    again = module._macs_ratio(lengths, module.gates.hard_lengths(lengths).double(), module.length_counts[lengths])
+    assert float(again) == pytest.approx(cal["ratio_after"])
+
+
+def test_the_cut_keeps_the_ordering_the_gates_learned():
+    module = _gates_module(target_macs=0.6, max_length=16)
+    with torch.no_grad():
+        module.gates.theta.copy_(torch.linspace(0.05, 0.95, module.gates.theta.numel()).view_as(module.gates.theta))
+    before = module.gates.values().clone()
+    module.count_lengths(torch.full((10,), 16))
+    module.calibrate_to_target()
+    opened = module.gates.values() > 0.5
+    assert before[opened].min() > before[~opened].max()  # every open gate had a higher value than every closed one
+
+
+def test_a_target_run_ends_at_its_target_with_the_hard_rule(tmp_path):
+    run = tmp_path / "run"
+    proc = _run([*TINY, "method=gates", "regularizer.lambda=0", "method.target_macs=0.5", "data.max_train_samples=160",
+                 "data.max_eval_samples=120", "trainer.max_epochs=2", "method.retrain_epochs=1",
+                 "trainer.log_every_n_steps=1", "speedup.enabled=false"], run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((run / "results.json").read_text())
+    assert rec["splits"]["test"]["macs_ratio"] == pytest.approx(0.5, abs=0.03)
+    gates = rec["gates"]
+    assert gates["calibration"]["ratio_after"] == pytest.approx(0.5, abs=0.03) and gates["retrain_epochs"] == 1
+    assert "gate phase ended at step 20" in proc.stdout + proc.stderr  # 10 steps an epoch: frozen for the third
+    from dyntok.report import main as report
+
+    assert report([str(run), "--controller", str(tmp_path / "trace")]) == 0  # the per-step log, plotted
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert (tmp_path / "trace.png").stat().st_size > 0 and len(trace["multiplier"]) == 20  # every gate-phase step
+    targets = [v for _, v in trace["target_macs"]]
+    assert targets[0] == pytest.approx(1.0) and targets == sorted(targets, reverse=True)  # warmed up from 1
+    assert targets[-1] == pytest.approx(0.5)
+    assert report([str(tmp_path / "nowhere"), "--controller", str(tmp_path / "x")]) == 2
+
+
+def test_one_stage_target_runs_cut_the_gates_when_training_ends():
+    module = _gates_module(target_macs=0.5)
+    with torch.no_grad():
+        module.gates.theta.uniform_(0.3, 0.8)
+    module.count_lengths(torch.randint(5, 30, (64,)))
+    module.on_train_end()
+    assert module.gates_frozen and not module.gates.theta.requires_grad
+    assert module.calibration["ratio_after"] == pytest.approx(0.5, abs=0.03)
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    again = _gates_module(target_macs=0.5)
+    again.on_load_checkpoint(ckpt)  # a resumed second stage keeps the gates frozen and the lengths counted
+    assert again.gates_frozen and again.calibration == module.calibration
+    assert torch.equal(again.length_counts, module.length_counts)
+
+
+def test_a_second_stage_needs_epochs(tmp_path):
+    proc = _run([*TINY, "method=gates", "method.retrain_epochs=1", "trainer.max_epochs=-1", "trainer.max_steps=3"],
+                tmp_path / "run", timeout=120)
+    assert proc.returncode != 0 and "method.retrain_epochs" in proc.stderr, proc.stderr[-2000:]

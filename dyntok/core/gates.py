@@ -153,6 +153,15 @@ class RankGates(nn.Module):
         if self.parametrization == "clip":
             self.theta.clamp_(0.0, 1.0)
 
+    @torch.no_grad()
+    def snap_(self, open_: torch.Tensor) -> None:
+        """Set every gate to 1 where ``open_`` (bool, (L_gated, G)) is True and to 0 elsewhere (a sigmoid
+        gate to sigmoid(+-20)): the hard rule then keeps exactly these ranks, and soft equals hard."""
+        if open_.shape != self.theta.shape:
+            raise ValueError(f"snap_: expected a {tuple(self.theta.shape)} table, got {tuple(open_.shape)}")
+        on = 1.0 if self.parametrization == "clip" else 20.0
+        self.theta.copy_(torch.where(open_.to(self.theta.device), on, 0.0 if self.parametrization == "clip" else -on))
+
     def training_gates(self, real_lengths: torch.Tensor | None = None, width: int | None = None
                        ) -> list[torch.Tensor | None]:
         """Per-layer gates for :meth:`TokenDroppingEncoder.forward` ``rank_gates`` (None = ungated):

@@ -45,3 +45,39 @@ def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Pa
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_controller(trace: dict[str, Sequence[tuple[int, float]]], path: str | Path, title: str = "") -> Path:
+    """A compute target's trace (:func:`dyntok.evaluation.results.controller_trace`): the MACs ratios
+    (expected, hard, the target of the step) on the left axis and the Lagrange multiplier on the right, against
+    training steps; saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=120)
+    styles = {"hard_macs_ratio": ("tab:blue", "-"), "expected_macs_ratio": ("tab:cyan", ":"),
+              "target_macs": ("black", "--")}
+    for name, (color, ls) in styles.items():
+        if trace.get(name):
+            xs, ys = zip(*trace[name], strict=True)
+            ax.plot(xs, ys, color=color, ls=ls, lw=1.3, label=name.replace("_", " "))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("MACs ratio")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    right = ax.twinx()
+    if trace.get("multiplier"):
+        xs, ys = zip(*trace["multiplier"], strict=True)
+        right.plot(xs, ys, color="tab:red", lw=1.1, label="multiplier")
+    right.set_ylabel("Lagrange multiplier", color="tab:red")
+    lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="lower left")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -108,6 +108,32 @@ def read_results(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> list
     return out
 
 
+CONTROLLER_KEYS = ("multiplier", "expected_macs_ratio", "hard_macs_ratio", "target_macs")
+
+
+def controller_trace(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """A compute target's per-step log (``train/<key>`` for :data:`CONTROLLER_KEYS`, as
+    :class:`dyntok.methods.gates.GatesModule` logs it) read from the run's CSV logger (``metrics.csv`` under
+    ``run_dir``): {key: [(step, value)]}.
+
+    Raises:
+        FileNotFoundError: the run has no ``metrics.csv`` (it needs ``logger=csv``).
+    """
+    import csv
+
+    files = sorted(Path(run_dir).rglob("metrics.csv"))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no metrics.csv (the controller trace needs logger=csv)")
+    trace: dict[str, list[tuple[int, float]]] = {k: [] for k in CONTROLLER_KEYS}
+    with open(files[-1], newline="") as f:
+        for row in csv.DictReader(f):
+            for k in CONTROLLER_KEYS:
+                v = row.get(f"train/{k}")
+                if v not in (None, ""):
+                    trace[k].append((int(row["step"]), float(v)))
+    return trace
+
+
 def flat_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (run, split): task, method, model, split, metrics and compute, for tables and plots."""
     rows = []

@@ -284,6 +284,10 @@ class TaskModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- lifecycle hooks --------------------------------------------------------------------------
+    def extra_epochs(self) -> int:
+        """Epochs the method trains after ``trainer.max_epochs`` (a second stage); default 0."""
+        return 0
+
     def extra_callbacks(self) -> list[L.Callback]:
         """Callbacks the method needs on the Trainer."""
         return []

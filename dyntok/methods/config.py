@@ -213,13 +213,21 @@ class GatesConfig:
     target_macs: float | None = None
     """A MACs ratio in (0, 1] to train to instead of a fixed lambda: a Lagrange multiplier on (expected MACs
     ratio - target) follows the target by dual ascent (ToP, Li et al. 2023; CoFi, Xia et al. 2022, Eq. 6).
-    Needs ``regularizer.lambda=0`` and ``straight_through`` (the expected ratio is then the hard one). The
-    multiplier acts on the training batches; no final phase yet holds the learned configuration to the target."""
+    Needs ``regularizer.lambda=0`` and ``straight_through`` (the expected ratio is then the hard one). At the
+    end of the gate phase the gates are set to 0 or 1 at the cut whose hard ratio over the training inputs'
+    lengths is nearest the target, and frozen (as CoFi's deterministic masks keep the expected count): inference
+    meets the target, not only the training batches' expectation."""
+    target_warmup: float = 0.3
+    """Share of the gate phase over which the target falls linearly from 1 to ``target_macs`` (CoFi's
+    Lagrangian warm-up): the multiplier does not wind up while the gates travel to the threshold."""
     target_baseline: str = "real"
     """The target's baseline: the full model at each input's ``real`` length, or ``padded`` to ``max_length``."""
     multiplier_lr: float = 0.05
     """Dual ascent step: the multiplier moves by this times (expected ratio - target) every training step
     (negative below the target: the gates are pushed open again)."""
+    retrain_epochs: int = 0
+    """Epochs after ``trainer.max_epochs`` (the gate phase) that fine-tune encoder and head with the gates
+    frozen at their hard values (0: one stage, as the paper)."""
 
     def __post_init__(self) -> None:
         lam, mu = float(self.regularizer.get("lambda", 0.0)), float(self.regularizer.get("mu", 0.0))
@@ -234,6 +242,10 @@ class GatesConfig:
         if not 0.0 <= self.distill <= 1.0:
             raise ConfigError(f"method.distill must be in [0, 1], got {self.distill}")
         check_choice("method.target_baseline", self.target_baseline, ("real", "padded"))
+        if not 0.0 <= self.target_warmup <= 1.0:
+            raise ConfigError(f"method.target_warmup must be a share of the gate phase in [0, 1], got {self.target_warmup}")
+        if self.retrain_epochs < 0:
+            raise ConfigError(f"method.retrain_epochs must be >= 0, got {self.retrain_epochs}")
         if self.target_macs is not None:
             if not 0.0 < self.target_macs <= 1.0:
                 raise ConfigError(f"method.target_macs must be a MACs ratio in (0, 1], got {self.target_macs}")

@@ -38,6 +38,9 @@ class GatesModule(TaskModule):
     gated); ``rank_scale``, ``rank_bins``, ``parametrization``, ``gate_init``, ``straight_through``,
     ``threshold``, ``skip_first``, ``min_keep`` (:class:`~dyntok.core.gates.RankGates`);
     ``layer_weighting`` (w_j of R_sparse: :meth:`RankGates.layer_weights`); ``freeze_gates_steps``;
+    ``target_macs``, ``target_baseline``, ``target_warmup``, ``multiplier_lr`` (a compute target in place of
+    lambda: :meth:`update_multiplier`, :meth:`calibrate_to_target`); ``retrain_epochs`` (a second stage with
+    the gates frozen: :meth:`freeze_gates`);
     ``mu_ramp`` ([start, end] shares of the training steps: mu is 0 until start, grows linearly to its value at
     end and stays: the gates first find what to keep under lambda alone, then the growing bi-modal pull settles
     every gate at 0 or 1 while the encoder still trains); ``sparsity`` (``gates``: R_sparse on the gate vectors,
@@ -67,7 +70,12 @@ class GatesModule(TaskModule):
         self.freeze_gates_steps = o.freeze_gates_steps
         self.mu_ramp = (float(o.mu_ramp[0]), float(o.mu_ramp[1]))
         self.target, self.target_baseline, self.multiplier_lr = o.target_macs, o.target_baseline, o.multiplier_lr
+        self.target_warmup, self.retrain_epochs = o.target_warmup, o.retrain_epochs
         self.multiplier = 0.0  # the Lagrange multiplier of the MACs target (dual ascent); saved in checkpoints
+        self.gates_frozen = False  # set 0/1 and frozen once the gate phase ends (target or retrain_epochs)
+        self.calibration: dict[str, float] = {}
+        # real lengths of the training inputs seen (count per length): the cut meeting the target is found on them
+        self.length_counts = torch.zeros(o.max_length + 1, dtype=torch.float64)
         self.gates = RankGates(self.model.num_layers, o.max_length, o.parametrization, o.gate_init,
                                o.straight_through, o.threshold, o.skip_first, fixed_first=self.model.keep_cls,
                                rank_scale=o.rank_scale, bins=o.rank_bins, min_keep=o.min_keep)
@@ -76,7 +84,11 @@ class GatesModule(TaskModule):
         real = batch["attention_mask"].sum(1)
         if self.gates.rank_scale == "absolute" and real.max() > self.gates.max_length:
             raise ConfigError(f"inputs of {int(real.max())} tokens exceed method.max_length={self.gates.max_length}")
-        self.gates.theta.requires_grad_(self.global_step >= self.freeze_gates_steps)
+        if not self.gates_frozen and self.retrain_epochs and (self.gate_phase_progress() or 0.0) >= 1.0:
+            self.freeze_gates()  # the second stage starts
+        self.gates.theta.requires_grad_(not self.gates_frozen and self.global_step >= self.freeze_gates_steps)
+        if not self.gates_frozen:
+            self.count_lengths(real)
         out = self(batch, rank_gates=self.gates.training_gates(real, batch["input_ids"].size(1)))
         task = self.task_loss(out.logits, batch["labels"])
         if self.distill > 0:
@@ -91,12 +103,16 @@ class GatesModule(TaskModule):
             sparse = self.gates.token_sparsity(out.encoder.alive, batch["attention_mask"], self.layer_weighting)
         mu = self.current_mu()
         bs = batch["input_ids"].size(0)
-        if self.target is not None:
+        if self.gates_frozen:
+            loss = task
+        elif self.target is not None:
             expected = self.expected_macs_ratio(out.encoder.alive, batch["attention_mask"])
-            gap = expected - self.target
+            target = self.current_target()
+            gap = expected - target
             loss = task + self.multiplier * gap + mu * bimodal
             self.log_dict({"train/multiplier": self.multiplier, "train/expected_macs_ratio": expected.detach(),
-                           "train/hard_macs_ratio": self.hard_macs_ratio(real)}, batch_size=bs)
+                           "train/hard_macs_ratio": self.hard_macs_ratio(real), "train/target_macs": target},
+                          batch_size=bs)
             self.update_multiplier(float(gap.detach()))
         else:
             loss = task + self.lam * sparse + mu * bimodal
@@ -105,14 +121,16 @@ class GatesModule(TaskModule):
         self.log("train/mu", mu, batch_size=bs)
         return loss
 
-    def _macs_ratio(self, real: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-        """Encoder MACs of ``kept`` (B, L) tokens per layer over the full model's, on ``target_baseline``."""
+    def _macs_ratio(self, real: torch.Tensor, kept: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder MACs of ``kept`` (B, L) tokens per layer over the full model's, on ``target_baseline``;
+        ``weights`` (B,): how many inputs each row stands for (default 1)."""
         from dyntok.core.macs import encoder_macs, full_macs, padded_macs
 
         n = real.to(torch.float64)
         base = full_macs(self.dims, n) if self.target_baseline == "real" else \
             padded_macs(self.dims, self.gates.max_length, n.numel())
-        return encoder_macs(self.dims, n, kept).sum() / base.sum()
+        w = torch.ones_like(n) if weights is None else weights.to(torch.float64).cpu()
+        return (encoder_macs(self.dims, n, kept) * w).sum() / (base * w).sum()
 
     def expected_macs_ratio(self, alive: list[torch.Tensor | None], attention_mask: torch.Tensor) -> torch.Tensor:
         """The batch's MACs ratio (scalar, differentiable in the gates) with layer j keeping sum_t a_j(t)
@@ -131,6 +149,91 @@ class GatesModule(TaskModule):
         """The batch's MACs ratio under the hard inference rule (:meth:`RankGates.hard_lengths`)."""
         return float(self._macs_ratio(real, self.gates.hard_lengths(real).to(torch.float64)))
 
+    def gate_phase_progress(self) -> float | None:
+        """Share of the gate phase done: training steps so far over the steps of the first
+        ``trainer.max_epochs - retrain_epochs`` epochs (> 1 in the second stage); None when the trainer
+        cannot say (none attached, or no finite length)."""
+        if self._trainer is None:
+            return None
+        total, epochs = self.trainer.estimated_stepping_batches, self.trainer.max_epochs
+        if not math.isfinite(total) or total <= 0 or not epochs or epochs <= 0:
+            return None
+        return self.global_step / (total * (epochs - self.retrain_epochs) / epochs)
+
+    def current_target(self) -> float:
+        """The MACs ratio the multiplier aims at this step: 1 - (1 - target_macs) * min(1, t / target_warmup),
+        t the share of the gate phase done (CoFi's warm-up); the target itself when t is unknown."""
+        t = self.gate_phase_progress()
+        if not self.target_warmup or t is None:
+            return self.target
+        return 1.0 - (1.0 - self.target) * min(1.0, t / self.target_warmup)
+
+    def count_lengths(self, real: torch.Tensor) -> None:
+        """Add a batch's (B,) real lengths to :attr:`length_counts`."""
+        counts = torch.bincount(real.detach().long().cpu(), minlength=self.length_counts.numel())
+        if counts.numel() > self.length_counts.numel():
+            self.length_counts = torch.cat([self.length_counts,
+                                            torch.zeros(counts.numel() - self.length_counts.numel(), dtype=torch.float64)])
+        self.length_counts += counts.to(torch.float64)
+
+    @torch.no_grad()
+    def freeze_gates(self) -> None:
+        """End the gate phase: with a target, :meth:`calibrate_to_target`; else the gates are set to their
+        hard values (no decision changes). Either way they are frozen from here on."""
+        if self.target is not None:
+            self.calibrate_to_target()
+        else:
+            self.gates.snap_(self.gates.values() > self.gates.threshold)
+        self.gates_frozen = True
+        self.gates.theta.requires_grad_(False)
+        log.info("gates: the gate phase ended at step %d; gates set to 0/1 and frozen%s", self.global_step,
+                 f" (hard MACs ratio {self.calibration['ratio_after']:.3f} on the training lengths, target "
+                 f"{self.target})" if self.calibration else "")
+
+    @torch.no_grad()
+    def calibrate_to_target(self) -> dict[str, float]:
+        """Open the gates above the cut whose hard MACs ratio, over the real lengths of the training inputs
+        seen (:attr:`length_counts`, summed over DDP ranks), is nearest ``target_macs``, close the rest
+        (:meth:`RankGates.snap_`). The cut is searched among the gates' values: the ratio falls as it rises.
+        A gate's value is the evidence training gathered for it, so the gates the multiplier pushed lowest close
+        first (CoFi's deterministic masks likewise keep the top gates by score up to the expected count).
+
+        Returns (also :attr:`calibration`): the cut, and the hard ratio before and after on those lengths.
+
+        Raises:
+            RuntimeError: no training input was seen.
+        """
+        counts = self.length_counts
+        if self._trainer is not None and self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()
+        lengths = counts.nonzero().squeeze(1)
+        if lengths.numel() == 0:
+            raise RuntimeError("gates: no training input seen, nothing to calibrate the MACs target on")
+        weights = counts[lengths]
+
+        def ratio() -> float:
+            return float(self._macs_ratio(lengths, self.gates.hard_lengths(lengths).to(torch.float64), weights))
+
+        g = self.gates.values().detach().clone()
+        before = ratio()
+        cuts = torch.cat([g.new_tensor([-1.0]), torch.unique(g)])  # -1: every gate open
+        ratios: dict[int, float] = {}
+
+        def ratio_at(i: int) -> float:
+            if i not in ratios:
+                self.gates.snap_(g > cuts[i])
+                ratios[i] = ratio()
+            return ratios[i]
+
+        lo, hi = 0, cuts.numel() - 1  # the first cut at or under the target, by bisection (ratio falls with i)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if ratio_at(mid) > self.target else (lo, mid)
+        best = min((i for i in (lo - 1, lo) if i >= 0), key=lambda i: abs(ratio_at(i) - self.target))
+        self.gates.snap_(g > cuts[best])
+        self.calibration = {"cut": float(cuts[best]), "ratio_before": before, "ratio_after": ratio_at(best)}
+        return self.calibration
+
     def update_multiplier(self, gap: float) -> float:
         """Dual ascent on the target as an equality (CoFi, Xia et al. 2022, Eq. 6; ToP): the multiplier moves by
         ``multiplier_lr * gap`` (gap: expected ratio - target). It turns negative below the target, which
@@ -141,20 +244,24 @@ class GatesModule(TaskModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["gates_multiplier"] = self.multiplier  # a resumed run continues the same dual ascent
+        checkpoint["gates_frozen"] = self.gates_frozen
+        checkpoint["gates_length_counts"] = self.length_counts.tolist()
+        checkpoint["gates_calibration"] = self.calibration
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self.multiplier = float(checkpoint.get("gates_multiplier", 0.0))
+        self.gates_frozen = bool(checkpoint.get("gates_frozen", False))
+        if "gates_length_counts" in checkpoint:
+            self.length_counts = torch.tensor(checkpoint["gates_length_counts"], dtype=torch.float64)
+        self.calibration = dict(checkpoint.get("gates_calibration", {}))
 
     def current_mu(self) -> float:
-        """mu at this step: 0 before ``mu_ramp[0]`` of training, linear up to ``mu_ramp[1]``, then constant."""
+        """mu at this step: 0 before ``mu_ramp[0]`` of the gate phase, linear up to ``mu_ramp[1]``, then constant."""
         start, end = self.mu_ramp
-        if end == 0 or self._trainer is None:
+        t = self.gate_phase_progress()
+        if end == 0 or t is None:
             return self.mu
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total) or total <= 0:
-            return self.mu
-        t = self.global_step / total
         return self.mu * min(1.0, max(0.0, (t - start) / max(end - start, 1e-9)))
 
     def on_init_from(self, meta: dict[str, Any]) -> None:
@@ -166,7 +273,12 @@ class GatesModule(TaskModule):
             raise ConfigError(f"method.distill={self.distill} needs a fine-tuned teacher: set init_from=<a "
                               "method=full run or checkpoint>, or method.distill=0")
 
+    def extra_epochs(self) -> int:
+        return self.retrain_epochs
+
     def on_train_end(self) -> None:
+        if self.target is not None and not self.gates_frozen:
+            self.freeze_gates()  # one stage: the cut meeting the target is the last step
         self.warn_if_no_gate_closed()
 
     def warn_if_no_gate_closed(self) -> bool:
@@ -219,6 +331,7 @@ class GatesModule(TaskModule):
         out["gates"] = {
             "lambda": self.lam, "mu": self.mu, "distill": self.distill, **self.gates.stats(),
             "target_macs": self.target, "target_baseline": self.target_baseline, "multiplier": self.multiplier,
+            "retrain_epochs": self.retrain_epochs, "calibration": self.calibration,
             "values": self.gates.values().detach().cpu().tolist(),
             "rank_scale": self.gates.rank_scale,
             # per gated layer, the gates above the threshold (ranks, or share bins with rank_scale=relative)

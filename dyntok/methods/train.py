@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dyntok.errors import ConfigError
 from dyntok.methods.build import build_method, build_model, instantiate
 
 log = logging.getLogger("dyntok")
@@ -96,6 +97,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     # the user's own (callbacks.<name>._target_=...), after dyntok's
     callbacks += [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     kw = _trainer_kwargs(cfg)
+    if module.extra_epochs():
+        if not isinstance(kw.get("max_epochs"), int) or kw["max_epochs"] <= 0:
+            raise ConfigError(f"a second stage of {module.extra_epochs()} epochs (method.retrain_epochs) needs "
+                              f"trainer.max_epochs > 0, got {kw.get('max_epochs')}")
+        kw["max_epochs"] += module.extra_epochs()
     if _log_progress(cfg.get("progress", "auto")):  # no terminal (SLURM, nohup): lines in the log, no bar
         kw["enable_progress_bar"] = False
         callbacks.append(LogProgress())
@@ -195,8 +201,6 @@ def _log_progress(progress: str) -> bool:
     Raises:
         ConfigError: another value (names ``progress``).
     """
-    from dyntok.errors import ConfigError
-
     if progress not in ("auto", "bar", "log"):
         raise ConfigError(f"progress must be 'auto', 'bar' or 'log', got {progress!r}")
     return progress == "log" or (progress == "auto" and not sys.stderr.isatty())

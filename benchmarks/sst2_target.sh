@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# SST-2 gates trained to a compute target (method.target_macs) instead of a lambda, with MiniLM on the recipe of
+# docs/benchmarks/sst2.md: the method=full model (2 epochs, 16,000 training examples) -> three more epochs of
+# gates at targets 0.5 / 0.4 / 0.33 of the real-length MACs -> the options at 0.4. About 10-13 minutes a run on
+# 2 CPU cores. Usage: benchmarks/sst2_target.sh [DATA_DIR=../shared/data/glue] [OUT=runs/sst2]
+# Each run's results.json and controller trace go to docs/benchmarks/sst2/<run>/ as it finishes; a run whose
+# results.json exists there is skipped, so a killed script resumes by rerunning.
+set -euo pipefail
+DATA=${1:-../shared/data/glue}
+OUT=${2:-runs/sst2}
+DOCS=docs/benchmarks/sst2
+PY=${PYTHON:-.venv/bin/python}
+export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+
+run() {  # run <name> <overrides...>: one dyntok.run into $OUT/<name>, its small outputs copied to $DOCS/<name>
+  local name=$1; shift
+  [ -f "$DOCS/$name/results.json" ] && return 0
+  [ -f "$OUT/$name/results.json" ] || "$PY" -m dyntok.run "data_dir=$DATA" "$@" "hydra.run.dir=$OUT/$name"
+  mkdir -p "$DOCS/$name"
+  "$PY" -m dyntok.report "$OUT/$name" --controller "$DOCS/$name/controller" > /dev/null
+  cp "$OUT/$name/results.json" "$DOCS/$name/results.json"
+}
+
+[ -f "$OUT/full/results.json" ] || "$PY" -m dyntok.run experiment=sst2_full "data_dir=$DATA" "hydra.run.dir=$OUT/full"
+GATES=(experiment=sst2_gates "init_from=$OUT/full" regularizer.lambda=0)
+for t in 0.5 0.4 0.33; do
+  run "target_$t" "${GATES[@]}" "method.target_macs=$t" "label='gates, MACs target (3 epochs)'"
+done
+# the options at 0.4: a fourth epoch with the gates frozen; the gates' learning rate warmed up and decayed
+run target_0.4_retrain "${GATES[@]}" method.target_macs=0.4 method.retrain_epochs=1 \
+    "label='gates, MACs target + 1 frozen epoch'"
+run target_0.4_gate_lr_linear "${GATES[@]}" method.target_macs=0.4 method.gate_lr_schedule=linear \
+    "label='gates, MACs target, gate lr warm-up and decay (3 epochs)'"
+"$PY" -m dyntok.report "$OUT"/target_* --split test --out "$DOCS/targets"
