@@ -26,9 +26,12 @@ GATES=(experiment=sst2_gates "init_from=$OUT/full" regularizer.lambda=0)
 for t in 0.5 0.4 0.33; do
   run "target_$t" "${GATES[@]}" "method.target_macs=$t" "label='gates, MACs target (3 epochs)'"
 done
-# the options at 0.4: a fourth epoch with the gates frozen; the gates' learning rate warmed up and decayed
+# the options at 0.4: a fourth epoch with the gates frozen; the gates' learning rate warmed up and decayed;
+# the significance order distilled from the full model (ToP)
 run target_0.4_retrain "${GATES[@]}" method.target_macs=0.4 method.retrain_epochs=1 \
     "label='gates, MACs target + 1 frozen epoch'"
 run target_0.4_gate_lr_linear "${GATES[@]}" method.target_macs=0.4 method.gate_lr_schedule=linear \
     "label='gates, MACs target, gate lr warm-up and decay (3 epochs)'"
+run target_0.4_rank_distill "${GATES[@]}" method.target_macs=0.4 method.rank_distill=1.0 \
+    "label='gates, MACs target, ranking distillation from full (3 epochs)'"
 "$PY" -m dyntok.report "$OUT"/target_* --split test --out "$DOCS/targets"

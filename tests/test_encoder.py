@@ -372,3 +372,19 @@ def test_prefix_cache_gives_the_uncached_logits_exactly(tokenizer):
                 assert cache.layers_reused > cache.layers_run  # most layers were shared
             if max_bytes == 0:
                 assert cache.layers_reused == 0
+
+
+def test_returned_scores_are_the_ones_that_choose_the_kept_tokens(tiny_model, tokenizer):
+    b = _batch(tokenizer, TEXTS)
+    real = b["attention_mask"].sum(1)
+    lengths = torch.stack([real, torch.full_like(real, 3), torch.full_like(real, 3)], 1)  # layer 2 keeps 3
+    with torch.no_grad():
+        out = tiny_model.encoder(b["input_ids"], b["attention_mask"], b["token_type_ids"], lengths=lengths,
+                                 return_scores=True)
+    assert len(out.scores) == 3 and all(s.shape == b["input_ids"].shape for s in out.scores)
+    for i in range(len(TEXTS)):
+        s = out.scores[1][i]
+        assert torch.isinf(s[real[i]:]).all() and torch.isfinite(s[:real[i]]).all()  # padding: -inf
+        top = set((s[1:real[i]].topk(2).indices + 1).tolist()) | {0}  # [CLS] and the two most significant
+        assert set(out.positions[i][out.mask[i]].tolist()) == top
+    assert tiny_model.encoder(b["input_ids"], b["attention_mask"]).scores == []  # only when asked

@@ -472,3 +472,38 @@ def test_a_second_stage_needs_epochs(tmp_path):
     proc = _run([*TINY, "method=gates", "method.retrain_epochs=1", "trainer.max_epochs=-1", "trainer.max_steps=3"],
                 tmp_path / "run", timeout=120)
     assert proc.returncode != 0 and "method.retrain_epochs" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_ranking_distillation_prefers_the_teachers_order():
+    from dyntok.methods.base import ranking_distillation_loss
+
+    teacher = torch.tensor([[9.0, 3.0, 2.0, 1.0, float("-inf")]])  # position 0 ([CLS]) and padding left out
+    same = torch.tensor([[0.0, 3.0, 2.0, 1.0, float("-inf")]], requires_grad=True)
+    reverse = torch.tensor([[0.0, 1.0, 2.0, 3.0, float("-inf")]])
+    loss = ranking_distillation_loss(same, teacher)
+    assert float(loss.detach()) < float(ranking_distillation_loss(reverse, teacher))
+    loss.backward()
+    assert same.grad[0, 1] < 0 < same.grad[0, 3] and same.grad[0, 0] == 0  # widens the teacher's gaps
+    assert float(ranking_distillation_loss(same, torch.ones_like(teacher)).detach()) == 0.0  # ties: no pair
+
+
+def test_ranking_distillation_needs_a_teacher_and_trains_the_significance_scores(tokenizer):
+    from dyntok.methods.base import ranking_distillation_loss
+
+    module = _gates_module(rank_distill=1.0)
+    with pytest.raises(ConfigError, match="method.rank_distill=1.0 needs a fine-tuned teacher"):
+        module.before_fit(None)
+    module.on_init_from({"method": "full"})
+    module.before_fit(None)
+    with torch.no_grad():  # a student whose order differs from the teacher's
+        for p in module.model.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    b = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    real = b["attention_mask"].sum(1)
+    out = module(b, rank_gates=module.gates.training_gates(real, b["input_ids"].size(1)), return_scores=True)
+    with torch.no_grad():
+        teacher = module.teacher(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), return_scores=True)
+    loss = ranking_distillation_loss(out.encoder.scores[1], teacher.encoder.scores[-1])
+    loss.backward()
+    grads = [p.grad for n, p in module.model.named_parameters() if "query" in n and p.grad is not None]
+    assert float(loss.detach()) > 0 and grads and any(g.abs().sum() > 0 for g in grads)

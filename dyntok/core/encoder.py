@@ -66,6 +66,9 @@ class EncoderOutput:
         inputs: (B, L) long, real tokens entering each layer's attention: ``kept`` of the layer before
             (``input_lengths`` for the first), except that with ``restore="last_layer"`` the last layer takes
             every token; None means exactly that default.
+        scores: with ``return_scores``, L entries of None (a skipped layer) or (B, T) float: each token's
+            significance score in that layer, at its input position (-inf where no real token is present);
+            differentiable. Empty otherwise.
     """
 
     hidden: torch.Tensor
@@ -75,6 +78,7 @@ class EncoderOutput:
     input_lengths: torch.Tensor
     alive: list[torch.Tensor | None] = field(default_factory=list)
     inputs: torch.Tensor | None = None
+    scores: list[torch.Tensor | None] = field(default_factory=list)
 
     @property
     def cls(self) -> torch.Tensor:
@@ -192,6 +196,7 @@ class TokenDroppingEncoder(nn.Module):
         skip_layers: Sequence[bool] | None = None,
         rank_gates: Sequence[torch.Tensor | None] | None = None,
         keep_by_rank: Sequence[torch.Tensor | None] | None = None,
+        return_scores: bool = False,
     ) -> EncoderOutput:
         """Encode, dropping tokens as ``lengths`` (or ``keep_by_rank``) says.
 
@@ -220,6 +225,8 @@ class TokenDroppingEncoder(nn.Module):
                 keeps exactly the tokens whose significance rank r is flagged in row b,
                 l_j = #{r < l_{j-1} : table[b, r]} (:func:`rank_table_lengths`); the hard inference of rank
                 gates (the tokens the training forward weights by 1). T' >= T. Not with ``lengths``.
+            return_scores: compute every layer's significance scores and return them
+                (:attr:`EncoderOutput.scores`; e.g. for ranking distillation).
 
         Returns:
             :class:`EncoderOutput`.
@@ -244,9 +251,11 @@ class TokenDroppingEncoder(nn.Module):
         host_targets = self.clamp_lengths(lengths, real).t().tolist() if lengths is not None else None
         flow = self.begin(input_ids, attention_mask, token_type_ids, restore=mode is not None,
                           host_counts=host_targets is not None or mode == "last_layer")
+        all_scores: list[torch.Tensor | None] = []
         for j in range(self.num_layers):
             if skip_layers is not None and skip_layers[j]:
                 flow = self.skip(flow, rank_gates is not None)
+                all_scores.append(None)
                 continue
             if mode == "last_layer" and j == self.num_layers - 1:
                 flow = self.rejoin(flow)
@@ -254,10 +263,16 @@ class TokenDroppingEncoder(nn.Module):
                 mode == "last_layer" and j == self.num_layers - 1) else None
             flags = keep_by_rank[j] if keep_by_rank is not None else None
             gate = rank_gates[j] if rank_gates is not None else None
-            a, scores = self.attend(j, flow, self.drops(flow, target) or gate is not None)
+            a, scores = self.attend(j, flow, return_scores or self.drops(flow, target) or gate is not None)
+            if return_scores:  # at input positions, before this layer drops any token
+                all_scores.append(scores.new_full((B, T), float("-inf")).scatter_reduce(  # amax: padding
+                    1, flow.positions, scores.masked_fill(~flow.mask, float("-inf")), "amax"))  # may share positions
             flow = self.advance(j, flow, a, scores, target, keep_cls, flags=flags, gate=gate,
                                 track_alive=rank_gates is not None)
-        return self.finish(flow)
+        out = self.finish(flow)
+        if return_scores:
+            out.scores = all_scores
+        return out
 
     def clamp_lengths(self, lengths: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """(B, L) ``lengths`` as :meth:`forward` runs them: at most the real length, at least 1, non-increasing.

@@ -59,6 +59,31 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, problem: str
     raise ConfigError(f"method.kd_direction must be 'forward' or 'reverse', got {direction!r}")
 
 
+def ranking_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, exclude_first: bool = True
+                              ) -> torch.Tensor:
+    """Pairwise ranking distillation of significance scores (ToP, Li et al. 2023, Sec. 4.2, distils the
+    teacher's last-layer token ranking into every pruning layer with LambdaLoss; this is its plain pairwise
+    form, RankNet): for each pair of real tokens (p, q) the teacher ranks p above q,
+    log(1 + exp(-(s_p - s_q))), averaged over those pairs.
+
+    Args:
+        student: (B, T) significance scores, -inf where no real token is (:attr:`EncoderOutput.scores`).
+        teacher: (B, T) the teacher's, same layout; detached here.
+        exclude_first: leave position 0 ([CLS], always kept) out of the pairs.
+
+    Returns:
+        scalar (0 when no pair exists).
+    """
+    t = teacher.detach().float()
+    real = torch.isfinite(t) & torch.isfinite(student)
+    if exclude_first:
+        real[:, 0] = False
+    above = (t[:, :, None] > t[:, None, :]) & real[:, :, None] & real[:, None, :]  # (B, T, T): p above q
+    s = student.float().masked_fill(~real, 0.0)  # no -inf in the differences: their gradients would be NaN
+    diff = s[:, :, None] - s[:, None, :]
+    return (F.softplus(-diff) * above).sum() / above.sum().clamp(min=1)
+
+
 class TaskModule(L.LightningModule):
     """Shared Lightning plumbing for a :class:`DynTokModel` on one task.
 

@@ -210,6 +210,10 @@ class GatesConfig:
     """[start, end] shares of training: mu is 0 before start, linear up to end, then constant ([0, 0]: constant)."""
     distill: float = 0.0
     """Weight in [0, 1] of distillation from the frozen ``init_from`` model (not in the paper)."""
+    rank_distill: float = 0.0
+    """Weight (>= 0) of ranking distillation from the frozen ``init_from`` model (ToP, Li et al. 2023): every
+    gated layer's significance order is pulled towards the teacher's last-layer order
+    (:func:`dyntok.methods.base.ranking_distillation_loss`); 0: off, as the paper."""
     target_macs: float | None = None
     """A MACs ratio in (0, 1] to train to instead of a fixed lambda: a Lagrange multiplier on (expected MACs
     ratio - target) follows the target by dual ascent (ToP, Li et al. 2023; CoFi, Xia et al. 2022, Eq. 6).
@@ -241,6 +245,8 @@ class GatesConfig:
         check_choice("method.gate_lr_schedule", self.gate_lr_schedule, ("constant", "linear"))
         if not 0.0 <= self.distill <= 1.0:
             raise ConfigError(f"method.distill must be in [0, 1], got {self.distill}")
+        if self.rank_distill < 0:
+            raise ConfigError(f"method.rank_distill must be >= 0, got {self.rank_distill}")
         check_choice("method.target_baseline", self.target_baseline, ("real", "padded"))
         if not 0.0 <= self.target_warmup <= 1.0:
             raise ConfigError(f"method.target_warmup must be a share of the gate phase in [0, 1], got {self.target_warmup}")

@@ -20,7 +20,7 @@ from dyntok.core.gates import RankGates
 from dyntok.core.lengths import LengthConfig
 from dyntok.core.model import ModelOutput
 from dyntok.errors import ConfigError
-from dyntok.methods.base import TaskModule, distillation_loss
+from dyntok.methods.base import TaskModule, distillation_loss, ranking_distillation_loss
 from dyntok.methods.config import GatesConfig, TrainingConfig
 
 log = logging.getLogger("dyntok")
@@ -46,11 +46,12 @@ class GatesModule(TaskModule):
     every gate at 0 or 1 while the encoder still trains); ``sparsity`` (``gates``: R_sparse on the gate vectors,
     :meth:`RankGates.regularizers`; ``tokens``: the same L1 on the masks the tokens see,
     :meth:`RankGates.token_sparsity`); ``distill`` (alpha: task term = (1 - alpha) task_loss + alpha
-    KL(teacher || student) from the frozen ``init_from`` model at full length; not in the paper).
+    KL(teacher || student) from the frozen ``init_from`` model at full length; not in the paper);
+    ``rank_distill`` (ranking distillation of the significance order from the same teacher, ToP).
 
     Raises:
-        ConfigError: an option out of range (names the config key); ``distill`` > 0 without ``init_from``
-            (raised before training).
+        ConfigError: an option out of range (names the config key); ``distill`` or ``rank_distill`` > 0
+            without ``init_from`` (raised before training).
     """
 
     method_name = "gates"
@@ -61,7 +62,7 @@ class GatesModule(TaskModule):
         super().__init__(*args, **options)
         o: GatesConfig = self.options
         self.lam, self.mu = float(o.regularizer.get("lambda", 0.0)), float(o.regularizer.get("mu", 0.0))
-        self.distill = float(o.distill)
+        self.distill, self.rank_distill = float(o.distill), float(o.rank_distill)
         self.sparsity = o.sparsity
         # The frozen fine-tuned model (distill > 0); kept out of the state dict and the optimizer.
         object.__setattr__(self, "teacher", None)
@@ -89,15 +90,22 @@ class GatesModule(TaskModule):
         self.gates.theta.requires_grad_(not self.gates_frozen and self.global_step >= self.freeze_gates_steps)
         if not self.gates_frozen:
             self.count_lengths(real)
-        out = self(batch, rank_gates=self.gates.training_gates(real, batch["input_ids"].size(1)))
+        ranks = self.rank_distill > 0 and not self.gates_frozen
+        out = self(batch, rank_gates=self.gates.training_gates(real, batch["input_ids"].size(1)), return_scores=ranks)
         task = self.task_loss(out.logits, batch["labels"])
-        if self.distill > 0:
+        if self.distill > 0 or ranks:
             with torch.no_grad():
                 teacher = self.teacher.to(self.device)(batch["input_ids"], batch["attention_mask"],
-                                                       batch.get("token_type_ids")).logits
-            kd = distillation_loss(out.logits, teacher, self.task.problem)
+                                                       batch.get("token_type_ids"), return_scores=ranks)
+        if self.distill > 0:
+            kd = distillation_loss(out.logits, teacher.logits, self.task.problem)
             self.log("train/kd_loss", kd, batch_size=batch["input_ids"].size(0))
             task = (1 - self.distill) * task + self.distill * kd
+        if ranks:  # the teacher's last-layer order, taught to every gated layer (ToP)
+            gated = out.encoder.scores[self.gates.skip_first:]
+            rank = torch.stack([ranking_distillation_loss(s, teacher.encoder.scores[-1]) for s in gated]).mean()
+            self.log("train/rank_distill_loss", rank, batch_size=batch["input_ids"].size(0))
+            task = task + self.rank_distill * rank
         sparse, bimodal = self.gates.regularizers(real, self.layer_weighting)
         if self.sparsity == "tokens":
             sparse = self.gates.token_sparsity(out.encoder.alive, batch["attention_mask"], self.layer_weighting)
@@ -265,13 +273,14 @@ class GatesModule(TaskModule):
         return self.mu * min(1.0, max(0.0, (t - start) / max(end - start, 1e-9)))
 
     def on_init_from(self, meta: dict[str, Any]) -> None:
-        if self.distill > 0:
+        if self.distill > 0 or self.rank_distill > 0:
             object.__setattr__(self, "teacher", copy.deepcopy(self.model).eval().requires_grad_(False))
 
     def before_fit(self, datamodule) -> None:
-        if self.distill > 0 and self.teacher is None:
-            raise ConfigError(f"method.distill={self.distill} needs a fine-tuned teacher: set init_from=<a "
-                              "method=full run or checkpoint>, or method.distill=0")
+        for key, weight in (("distill", self.distill), ("rank_distill", self.rank_distill)):
+            if weight > 0 and self.teacher is None:
+                raise ConfigError(f"method.{key}={weight} needs a fine-tuned teacher: set init_from=<a "
+                                  f"method=full run or checkpoint>, or method.{key}=0")
 
     def extra_epochs(self) -> int:
         return self.retrain_epochs
