@@ -359,10 +359,19 @@ def test_gates_module_rejects_an_unknown_layer_weighting_when_built():
 
 def test_the_multiplier_rises_above_the_target_and_falls_below_it():
     module = _gates_module(target_macs=0.5, multiplier_lr=0.1)
-    ups = [module.update_multiplier(0.3) for _ in range(5)]  # expected ratio 0.8 against 0.5
+    ups = [module.update_multiplier(0.3, 1.0) for _ in range(5)]  # ratio 0.8 against 0.5
     assert ups == sorted(ups) and ups[-1] == pytest.approx(0.15)
-    downs = [module.update_multiplier(-0.2) for _ in range(10)]  # below the target: the pressure eases ...
+    downs = [module.update_multiplier(-0.2, 1.0) for _ in range(10)]  # below the target: the pressure eases ...
     assert downs == sorted(downs, reverse=True) and downs[-1] == pytest.approx(-0.05)  # ... then reverses
+
+
+def test_the_multiplier_weighs_a_batch_by_the_macs_it_costs():
+    cheap, costly = _gates_module(target_macs=0.5, multiplier_lr=0.1), _gates_module(target_macs=0.5, multiplier_lr=0.1)
+    for m in (cheap, costly):
+        m.update_multiplier(0.3 * 10.0, 10.0)  # a batch of long inputs, 0.3 above the target
+    step_cheap = cheap.update_multiplier(0.3 * 1.0, 1.0) - 0.03  # short inputs, the same ratio gap
+    step_costly = costly.update_multiplier(0.3 * 10.0, 10.0) - 0.03
+    assert step_cheap == pytest.approx(0.1 * 0.3 / 5.5) and step_costly == pytest.approx(0.03)  # mean baseline 5.5, 10
 
 
 def test_the_expected_ratio_is_the_hard_one_under_straight_through_gates(tokenizer):
@@ -382,7 +391,7 @@ def test_the_expected_ratio_is_the_hard_one_under_straight_through_gates(tokeniz
 
 def test_the_multiplier_survives_a_checkpoint():
     module = _gates_module(target_macs=0.5)
-    module.update_multiplier(3.0)
+    module.update_multiplier(3.0, 1.0)
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)
     again = _gates_module(target_macs=0.5)

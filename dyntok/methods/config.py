@@ -215,9 +215,10 @@ class GatesConfig:
     gated layer's significance order is pulled towards the teacher's last-layer order
     (:func:`dyntok.methods.base.ranking_distillation_loss`); 0: off, as the paper."""
     target_macs: float | None = None
-    """A MACs ratio in (0, 1] to train to instead of a fixed lambda: a Lagrange multiplier on (expected MACs
-    ratio - target) follows the target by dual ascent (ToP, Li et al. 2023; CoFi, Xia et al. 2022, Eq. 6).
-    Needs ``regularizer.lambda=0`` and ``straight_through`` (the expected ratio is then the hard one). At the
+    """A MACs ratio in (0, 1] to train to instead of a fixed lambda: lambda becomes a Lagrange multiplier of
+    (MACs ratio - target), updated by dual ascent (ToP, Li et al. 2023; CoFi, Xia et al. 2022, Eq. 6), so the
+    regularizer keeps its shape (``sparsity``, ``layer_weighting``) and its strength follows the target.
+    Needs ``regularizer.lambda=0`` and ``straight_through`` (training then sees the hard ratio). At the
     end of the gate phase the gates are set to 0 or 1 at the cut whose hard ratio over the training inputs'
     lengths is nearest the target, and frozen (as CoFi's deterministic masks keep the expected count): inference
     meets the target, not only the training batches' expectation."""

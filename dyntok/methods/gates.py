@@ -73,6 +73,7 @@ class GatesModule(TaskModule):
         self.target, self.target_baseline, self.multiplier_lr = o.target_macs, o.target_baseline, o.multiplier_lr
         self.target_warmup, self.retrain_epochs = o.target_warmup, o.retrain_epochs
         self.multiplier = 0.0  # the Lagrange multiplier of the MACs target (dual ascent); saved in checkpoints
+        self.base_macs_seen = torch.zeros(2, dtype=torch.float64)  # (sum of batches' baseline MACs, batches)
         self.gates_frozen = False  # set 0/1 and frozen once the gate phase ends (target or retrain_epochs)
         self.calibration: dict[str, float] = {}
         # real lengths of the training inputs seen (count per length): the cut meeting the target is found on them
@@ -113,15 +114,15 @@ class GatesModule(TaskModule):
         bs = batch["input_ids"].size(0)
         if self.gates_frozen:
             loss = task
-        elif self.target is not None:
-            expected = self.expected_macs_ratio(out.encoder.alive, batch["attention_mask"])
+        elif self.target is not None:  # the multiplier is lambda, steered by the MACs the batch costs
+            loss = task + self.multiplier * sparse + mu * bimodal
+            with torch.no_grad():
+                expected = self.expected_macs_ratio(out.encoder.alive, batch["attention_mask"])
+                hard, base = self._batch_macs(real, self.gates.hard_lengths(real).to(torch.float64))
             target = self.current_target()
-            gap = expected - target
-            loss = task + self.multiplier * gap + mu * bimodal
-            self.log_dict({"train/multiplier": self.multiplier, "train/expected_macs_ratio": expected.detach(),
-                           "train/hard_macs_ratio": self.hard_macs_ratio(real), "train/target_macs": target},
-                          batch_size=bs)
-            self.update_multiplier(float(gap.detach()))
+            self.log_dict({"train/multiplier": self.multiplier, "train/expected_macs_ratio": expected,
+                           "train/hard_macs_ratio": hard / base, "train/target_macs": target}, batch_size=bs)
+            self.update_multiplier(float(hard - target * base), float(base))
         else:
             loss = task + self.lam * sparse + mu * bimodal
         self.log_dict({"train/loss": loss, "train/task_loss": task, "train/r_sparse": sparse,
@@ -129,16 +130,22 @@ class GatesModule(TaskModule):
         self.log("train/mu", mu, batch_size=bs)
         return loss
 
-    def _macs_ratio(self, real: torch.Tensor, kept: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder MACs of ``kept`` (B, L) tokens per layer over the full model's, on ``target_baseline``;
-        ``weights`` (B,): how many inputs each row stands for (default 1)."""
+    def _batch_macs(self, real: torch.Tensor, kept: torch.Tensor, weights: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MACs, baseline MACs), two scalars: the encoder MACs of ``kept`` (B, L) tokens per layer, and the full
+        model's on ``target_baseline``; ``weights`` (B,): how many inputs each row stands for (default 1)."""
         from dyntok.core.macs import encoder_macs, full_macs, padded_macs
 
         n = real.to(torch.float64)
         base = full_macs(self.dims, n) if self.target_baseline == "real" else \
             padded_macs(self.dims, self.gates.max_length, n.numel())
         w = torch.ones_like(n) if weights is None else weights.to(torch.float64).cpu()
-        return (encoder_macs(self.dims, n, kept) * w).sum() / (base * w).sum()
+        return (encoder_macs(self.dims, n, kept) * w).sum(), (base * w).sum()
+
+    def _macs_ratio(self, real: torch.Tensor, kept: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """MACs over baseline MACs of :meth:`_batch_macs`."""
+        macs, base = self._batch_macs(real, kept, weights)
+        return macs / base
 
     def expected_macs_ratio(self, alive: list[torch.Tensor | None], attention_mask: torch.Tensor) -> torch.Tensor:
         """The batch's MACs ratio (scalar, differentiable in the gates) with layer j keeping sum_t a_j(t)
@@ -242,17 +249,22 @@ class GatesModule(TaskModule):
         self.calibration = {"cut": float(cuts[best]), "ratio_before": before, "ratio_after": ratio_at(best)}
         return self.calibration
 
-    def update_multiplier(self, gap: float) -> float:
-        """Dual ascent on the target as an equality (CoFi, Xia et al. 2022, Eq. 6; ToP): the multiplier moves by
-        ``multiplier_lr * gap`` (gap: expected ratio - target). It turns negative below the target, which
-        pushes gates open again. Returns the new value."""
-        self.multiplier += self.multiplier_lr * gap
+    def update_multiplier(self, excess: float, base: float) -> float:
+        """Dual ascent on the target as an equality (CoFi, Xia et al. 2022, Eq. 6; ToP) on the MACs of all
+        training inputs: the multiplier moves by ``multiplier_lr * excess / b``, excess = the batch's MACs -
+        target * its baseline MACs, b the mean baseline MACs of the batches so far (``base`` is this batch's).
+        Summed over batches this is the gap of the total ratio, so batches of short inputs, which gates can
+        barely shorten, weigh as little as the MACs they cost. It turns negative below the target, which pushes
+        gates open again. Returns the new value."""
+        self.base_macs_seen += torch.tensor([base, 1.0], dtype=torch.float64)
+        self.multiplier += self.multiplier_lr * excess / float(self.base_macs_seen[0] / self.base_macs_seen[1])
         return self.multiplier
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["gates_multiplier"] = self.multiplier  # a resumed run continues the same dual ascent
         checkpoint["gates_frozen"] = self.gates_frozen
+        checkpoint["gates_base_macs_seen"] = self.base_macs_seen.tolist()
         checkpoint["gates_length_counts"] = self.length_counts.tolist()
         checkpoint["gates_calibration"] = self.calibration
 
@@ -260,6 +272,7 @@ class GatesModule(TaskModule):
         super().on_load_checkpoint(checkpoint)
         self.multiplier = float(checkpoint.get("gates_multiplier", 0.0))
         self.gates_frozen = bool(checkpoint.get("gates_frozen", False))
+        self.base_macs_seen = torch.tensor(checkpoint.get("gates_base_macs_seen", [0.0, 0.0]), dtype=torch.float64)
         if "gates_length_counts" in checkpoint:
             self.length_counts = torch.tensor(checkpoint["gates_length_counts"], dtype=torch.float64)
         self.calibration = dict(checkpoint.get("gates_calibration", {}))
