@@ -428,6 +428,17 @@ def test_the_cut_meets_the_target_on_the_training_lengths_and_closes_the_lowest_
     assert float(again) == pytest.approx(cal["ratio_after"])
 
 
+def test_settled_gates_are_cut_from_the_highest_ranks():
+    module = _gates_module(target_macs=0.6, max_length=32)  # every gate at 1: only the tie-break can decide
+    module.count_lengths(torch.randint(8, 33, (100,)))
+    assert module.calibrate_to_target()["ratio_after"] == pytest.approx(0.6, abs=0.03)
+    opened = module.gates.values() > 0.5
+    for row in opened:  # per layer, a prefix of ranks stays open
+        k = int(row.sum())
+        assert row[:k].all() and not row[k:].any()
+    assert opened.sum(1).tolist() == sorted(opened.sum(1).tolist(), reverse=True)  # earlier layers keep as many
+
+
 def test_the_cut_keeps_the_ordering_the_gates_learned():
     module = _gates_module(target_macs=0.6, max_length=16)
     with torch.no_grad():
@@ -442,19 +453,19 @@ def test_the_cut_keeps_the_ordering_the_gates_learned():
 def test_a_target_run_ends_at_its_target_with_the_hard_rule(tmp_path):
     run = tmp_path / "run"
     proc = _run([*TINY, "method=gates", "regularizer.lambda=0", "method.target_macs=0.5", "data.max_train_samples=160",
-                 "data.max_eval_samples=120", "trainer.max_epochs=2", "method.retrain_epochs=1",
-                 "trainer.log_every_n_steps=1", "speedup.enabled=false"], run)
+                 "data.max_eval_samples=120", "trainer.max_epochs=2", "method.target_freeze=0.5",
+                 "method.retrain_epochs=1", "trainer.log_every_n_steps=1", "speedup.enabled=false"], run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads((run / "results.json").read_text())
     assert rec["splits"]["test"]["macs_ratio"] == pytest.approx(0.5, abs=0.03)
     gates = rec["gates"]
     assert gates["calibration"]["ratio_after"] == pytest.approx(0.5, abs=0.03) and gates["retrain_epochs"] == 1
-    assert "gate phase ended at step 20" in proc.stdout + proc.stderr  # 10 steps an epoch: frozen for the third
+    assert "frozen at step 10" in proc.stdout + proc.stderr  # 10 steps an epoch: frozen half-way through 2
     from dyntok.report import main as report
 
     assert report([str(run), "--controller", str(tmp_path / "trace")]) == 0  # the per-step log, plotted
     trace = json.loads((tmp_path / "trace.json").read_text())
-    assert (tmp_path / "trace.png").stat().st_size > 0 and len(trace["multiplier"]) == 20  # every gate-phase step
+    assert (tmp_path / "trace.png").stat().st_size > 0 and len(trace["multiplier"]) == 10  # every step before
     targets = [v for _, v in trace["target_macs"]]
     assert targets[0] == pytest.approx(1.0) and targets == sorted(targets, reverse=True)  # warmed up from 1
     assert targets[-1] == pytest.approx(0.5)

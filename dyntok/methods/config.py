@@ -218,20 +218,25 @@ class GatesConfig:
     """A MACs ratio in (0, 1] to train to instead of a fixed lambda: lambda becomes a Lagrange multiplier of
     (MACs ratio - target), updated by dual ascent (ToP, Li et al. 2023; CoFi, Xia et al. 2022, Eq. 6), so the
     regularizer keeps its shape (``sparsity``, ``layer_weighting``) and its strength follows the target.
-    Needs ``regularizer.lambda=0`` and ``straight_through`` (training then sees the hard ratio). At the
-    end of the gate phase the gates are set to 0 or 1 at the cut whose hard ratio over the training inputs'
-    lengths is nearest the target, and frozen (as CoFi's deterministic masks keep the expected count): inference
-    meets the target, not only the training batches' expectation."""
+    Needs ``regularizer.lambda=0`` and ``straight_through`` (training then sees the hard ratio). At
+    ``target_freeze`` the gates are cut to the target on the training inputs' lengths and frozen
+    (:meth:`dyntok.methods.gates.GatesModule.calibrate_to_target`): inference meets the target, not only the
+    training batches' expectation, and the encoder trains on after the cut."""
     target_warmup: float = 0.3
-    """Share of the gate phase over which the target falls linearly from 1 to ``target_macs`` (CoFi's
-    Lagrangian warm-up): the multiplier does not wind up while the gates travel to the threshold."""
+    """Share of the first stage (``trainer.max_epochs``) over which the target falls linearly from 1 to
+    ``target_macs`` (CoFi's Lagrangian warm-up): the multiplier does not wind up while the gates travel to the
+    threshold."""
+    target_freeze: float = 0.7
+    """Share of the first stage after which a target run's gates are cut to the target and frozen; encoder
+    and head train on with that configuration for the rest (and any ``retrain_epochs``)."""
     target_baseline: str = "real"
     """The target's baseline: the full model at each input's ``real`` length, or ``padded`` to ``max_length``."""
     multiplier_lr: float = 0.05
-    """Dual ascent step: the multiplier moves by this times (expected ratio - target) every training step
-    (negative below the target: the gates are pushed open again)."""
+    """Dual ascent step: each training step the multiplier moves by this times the batch's (MACs ratio -
+    target), weighted by its baseline MACs over the mean batch's (negative below the target: the gates are
+    pushed open again)."""
     retrain_epochs: int = 0
-    """Epochs after ``trainer.max_epochs`` (the gate phase) that fine-tune encoder and head with the gates
+    """Epochs after ``trainer.max_epochs`` (the first stage) that fine-tune encoder and head with the gates
     frozen at their hard values (0: one stage, as the paper)."""
 
     def __post_init__(self) -> None:
@@ -250,7 +255,9 @@ class GatesConfig:
             raise ConfigError(f"method.rank_distill must be >= 0, got {self.rank_distill}")
         check_choice("method.target_baseline", self.target_baseline, ("real", "padded"))
         if not 0.0 <= self.target_warmup <= 1.0:
-            raise ConfigError(f"method.target_warmup must be a share of the gate phase in [0, 1], got {self.target_warmup}")
+            raise ConfigError(f"method.target_warmup must be a share of training in [0, 1], got {self.target_warmup}")
+        if not 0.0 < self.target_freeze <= 1.0:
+            raise ConfigError(f"method.target_freeze must be a share of training in (0, 1], got {self.target_freeze}")
         if self.retrain_epochs < 0:
             raise ConfigError(f"method.retrain_epochs must be >= 0, got {self.retrain_epochs}")
         if self.target_macs is not None:

@@ -71,10 +71,10 @@ class GatesModule(TaskModule):
         self.freeze_gates_steps = o.freeze_gates_steps
         self.mu_ramp = (float(o.mu_ramp[0]), float(o.mu_ramp[1]))
         self.target, self.target_baseline, self.multiplier_lr = o.target_macs, o.target_baseline, o.multiplier_lr
-        self.target_warmup, self.retrain_epochs = o.target_warmup, o.retrain_epochs
+        self.target_warmup, self.target_freeze, self.retrain_epochs = o.target_warmup, o.target_freeze, o.retrain_epochs
         self.multiplier = 0.0  # the Lagrange multiplier of the MACs target (dual ascent); saved in checkpoints
         self.base_macs_seen = torch.zeros(2, dtype=torch.float64)  # (sum of batches' baseline MACs, batches)
-        self.gates_frozen = False  # set 0/1 and frozen once the gate phase ends (target or retrain_epochs)
+        self.gates_frozen = False  # set 0/1 and frozen at target_freeze (a target) or in the second stage
         self.calibration: dict[str, float] = {}
         # real lengths of the training inputs seen (count per length): the cut meeting the target is found on them
         self.length_counts = torch.zeros(o.max_length + 1, dtype=torch.float64)
@@ -86,8 +86,9 @@ class GatesModule(TaskModule):
         real = batch["attention_mask"].sum(1)
         if self.gates.rank_scale == "absolute" and real.max() > self.gates.max_length:
             raise ConfigError(f"inputs of {int(real.max())} tokens exceed method.max_length={self.gates.max_length}")
-        if not self.gates_frozen and self.retrain_epochs and (self.gate_phase_progress() or 0.0) >= 1.0:
-            self.freeze_gates()  # the second stage starts
+        if not self.gates_frozen and (self.stage_progress() or 0.0) >= (
+                self.target_freeze if self.target is not None else 1.0 if self.retrain_epochs else math.inf):
+            self.freeze_gates()
         self.gates.theta.requires_grad_(not self.gates_frozen and self.global_step >= self.freeze_gates_steps)
         if not self.gates_frozen:
             self.count_lengths(real)
@@ -164,10 +165,10 @@ class GatesModule(TaskModule):
         """The batch's MACs ratio under the hard inference rule (:meth:`RankGates.hard_lengths`)."""
         return float(self._macs_ratio(real, self.gates.hard_lengths(real).to(torch.float64)))
 
-    def gate_phase_progress(self) -> float | None:
-        """Share of the gate phase done: training steps so far over the steps of the first
-        ``trainer.max_epochs - retrain_epochs`` epochs (> 1 in the second stage); None when the trainer
-        cannot say (none attached, or no finite length)."""
+    def stage_progress(self) -> float | None:
+        """Share of the first stage done: training steps so far over the steps of its epochs (the configured
+        ``trainer.max_epochs``; > 1 in the ``retrain_epochs`` stage); None when the trainer cannot say (none
+        attached, or no finite length)."""
         if self._trainer is None:
             return None
         total, epochs = self.trainer.estimated_stepping_batches, self.trainer.max_epochs
@@ -177,8 +178,8 @@ class GatesModule(TaskModule):
 
     def current_target(self) -> float:
         """The MACs ratio the multiplier aims at this step: 1 - (1 - target_macs) * min(1, t / target_warmup),
-        t the share of the gate phase done (CoFi's warm-up); the target itself when t is unknown."""
-        t = self.gate_phase_progress()
+        t the share of the first stage done (CoFi's warm-up); the target itself when t is unknown."""
+        t = self.stage_progress()
         if not self.target_warmup or t is None:
             return self.target
         return 1.0 - (1.0 - self.target) * min(1.0, t / self.target_warmup)
@@ -193,7 +194,7 @@ class GatesModule(TaskModule):
 
     @torch.no_grad()
     def freeze_gates(self) -> None:
-        """End the gate phase: with a target, :meth:`calibrate_to_target`; else the gates are set to their
+        """End the gates' training: with a target, :meth:`calibrate_to_target`; else the gates are set to their
         hard values (no decision changes). Either way they are frozen from here on."""
         if self.target is not None:
             self.calibrate_to_target()
@@ -201,19 +202,23 @@ class GatesModule(TaskModule):
             self.gates.snap_(self.gates.values() > self.gates.threshold)
         self.gates_frozen = True
         self.gates.theta.requires_grad_(False)
-        log.info("gates: the gate phase ended at step %d; gates set to 0/1 and frozen%s", self.global_step,
+        log.info("gates: set to 0/1 and frozen at step %d%s", self.global_step,
                  f" (hard MACs ratio {self.calibration['ratio_after']:.3f} on the training lengths, target "
                  f"{self.target})" if self.calibration else "")
 
     @torch.no_grad()
     def calibrate_to_target(self) -> dict[str, float]:
-        """Open the gates above the cut whose hard MACs ratio, over the real lengths of the training inputs
-        seen (:attr:`length_counts`, summed over DDP ranks), is nearest ``target_macs``, close the rest
-        (:meth:`RankGates.snap_`). The cut is searched among the gates' values: the ratio falls as it rises.
-        A gate's value is the evidence training gathered for it, so the gates the multiplier pushed lowest close
-        first (CoFi's deterministic masks likewise keep the top gates by score up to the expected count).
+        """Open the first k gates of an order and close the rest (:meth:`RankGates.snap_`), k chosen so the
+        hard MACs ratio over the real lengths of the training inputs seen (:attr:`length_counts`, summed over
+        DDP ranks) is nearest ``target_macs``; the ratio grows with k, so k is found by bisection.
 
-        Returns (also :attr:`calibration`): the cut, and the hard ratio before and after on those lengths.
+        The order: gate value, highest first (the evidence training gathered: the gates the multiplier pushed
+        lowest close first, as CoFi's deterministic masks keep the top scores up to the expected count); among
+        equal values (gates the bi-modal term settled at 0 or 1) the lower significance rank, then the earlier
+        layer, first.
+
+        Returns (also :attr:`calibration`): the gates left open, and the hard ratio before and after on those
+        lengths.
 
         Raises:
             RuntimeError: no training input was seen.
@@ -229,24 +234,33 @@ class GatesModule(TaskModule):
         def ratio() -> float:
             return float(self._macs_ratio(lengths, self.gates.hard_lengths(lengths).to(torch.float64), weights))
 
-        g = self.gates.values().detach().clone()
         before = ratio()
-        cuts = torch.cat([g.new_tensor([-1.0]), torch.unique(g)])  # -1: every gate open
+        g = self.gates.values().detach().cpu()
+        n_layers, n_gates = g.shape
+        layer = torch.arange(n_layers)[:, None].expand_as(g).flatten()
+        rank = torch.arange(n_gates)[None, :].expand_as(g).flatten()
+        order = torch.arange(g.numel())
+        for key, descending in ((layer, False), (rank, False), (g.flatten(), True)):  # stable: the last key leads
+            order = order[torch.sort(key[order], descending=descending, stable=True).indices]
         ratios: dict[int, float] = {}
 
-        def ratio_at(i: int) -> float:
-            if i not in ratios:
-                self.gates.snap_(g > cuts[i])
-                ratios[i] = ratio()
-            return ratios[i]
+        def ratio_at(k: int) -> float:
+            if k not in ratios:
+                open_ = torch.zeros(g.numel(), dtype=torch.bool)
+                open_[order[:k]] = True
+                self.gates.snap_(open_.view_as(g))
+                ratios[k] = ratio()
+            return ratios[k]
 
-        lo, hi = 0, cuts.numel() - 1  # the first cut at or under the target, by bisection (ratio falls with i)
+        lo, hi = 0, g.numel()  # the fewest open gates reaching the target
         while lo < hi:
             mid = (lo + hi) // 2
-            lo, hi = (mid + 1, hi) if ratio_at(mid) > self.target else (lo, mid)
-        best = min((i for i in (lo - 1, lo) if i >= 0), key=lambda i: abs(ratio_at(i) - self.target))
-        self.gates.snap_(g > cuts[best])
-        self.calibration = {"cut": float(cuts[best]), "ratio_before": before, "ratio_after": ratio_at(best)}
+            lo, hi = (lo, mid) if ratio_at(mid) >= self.target else (mid + 1, hi)
+        best = min((k for k in (lo - 1, lo) if k >= 0), key=lambda k: abs(ratio_at(k) - self.target))
+        open_ = torch.zeros(g.numel(), dtype=torch.bool)
+        open_[order[:best]] = True
+        self.gates.snap_(open_.view_as(g))
+        self.calibration = {"open_gates": best, "ratio_before": before, "ratio_after": ratios[best]}
         return self.calibration
 
     def update_multiplier(self, excess: float, base: float) -> float:
@@ -278,9 +292,9 @@ class GatesModule(TaskModule):
         self.calibration = dict(checkpoint.get("gates_calibration", {}))
 
     def current_mu(self) -> float:
-        """mu at this step: 0 before ``mu_ramp[0]`` of the gate phase, linear up to ``mu_ramp[1]``, then constant."""
+        """mu at this step: 0 before ``mu_ramp[0]`` of the first stage, linear up to ``mu_ramp[1]``, then constant."""
         start, end = self.mu_ramp
-        t = self.gate_phase_progress()
+        t = self.stage_progress()
         if end == 0 or t is None:
             return self.mu
         return self.mu * min(1.0, max(0.0, (t - start) / max(end - start, 1e-9)))
