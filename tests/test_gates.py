@@ -407,6 +407,8 @@ def test_the_multiplier_survives_a_checkpoint():
     ({"target_baseline": "mean"}, "method.target_baseline"),
     ({"target_macs": 0.5, "target_warmup": 1.5}, "method.target_warmup"),
     ({"retrain_epochs": -1}, "method.retrain_epochs"),
+    ({"target_macs": 0.5, "target_freeze": 0.0}, "method.target_freeze"),
+    ({"target_macs": 0.5, "target_min_length": -1}, "method.target_min_length"),
 ])
 def test_a_bad_target_names_its_key(kw, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -426,6 +428,19 @@ def test_the_cut_meets_the_target_on_the_training_lengths_and_closes_the_lowest_
     lengths = module.length_counts.nonzero().squeeze(1)
     again = module._macs_ratio(lengths, module.gates.hard_lengths(lengths).double(), module.length_counts[lengths])
     assert float(again) == pytest.approx(cal["ratio_after"])
+
+
+def test_the_cut_can_meet_the_target_on_the_longer_inputs_only():
+    short, long_ = _gates_module(target_macs=0.5, max_length=64), _gates_module(target_macs=0.5, max_length=64,
+                                                                                  target_min_length=20)
+    for m in (short, long_):
+        m.count_lengths(torch.cat([torch.full((300,), 6), torch.full((100,), 40)]))  # mostly phrases
+        m.calibrate_to_target()
+    forty = torch.tensor([40])
+    on_long = [float(m._macs_ratio(forty, m.gates.hard_lengths(forty).double())) for m in (short, long_)]
+    assert on_long[1] == pytest.approx(0.5, abs=0.03) and abs(on_long[0] - 0.5) > 0.03
+    with pytest.raises(RuntimeError, match="method.target_min_length=50"):
+        _gates_module(target_macs=0.5, max_length=64, target_min_length=50).calibrate_to_target()
 
 
 def test_settled_gates_are_cut_from_the_highest_ranks():

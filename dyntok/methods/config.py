@@ -226,6 +226,9 @@ class GatesConfig:
     """Share of the first stage (``trainer.max_epochs``) over which the target falls linearly from 1 to
     ``target_macs`` (CoFi's Lagrangian warm-up): the multiplier does not wind up while the gates travel to the
     threshold."""
+    target_min_length: int = 0
+    """The cut meets the target on the training inputs of at least this many tokens (SST-2: its sentences,
+    not its phrases, as ``search.min_length``)."""
     target_freeze: float = 0.7
     """Share of the first stage after which a target run's gates are cut to the target and frozen; encoder
     and head train on with that configuration for the rest (and any ``retrain_epochs``)."""
@@ -256,6 +259,8 @@ class GatesConfig:
         check_choice("method.target_baseline", self.target_baseline, ("real", "padded"))
         if not 0.0 <= self.target_warmup <= 1.0:
             raise ConfigError(f"method.target_warmup must be a share of training in [0, 1], got {self.target_warmup}")
+        if self.target_min_length < 0:
+            raise ConfigError(f"method.target_min_length must be a token count >= 0, got {self.target_min_length}")
         if not 0.0 < self.target_freeze <= 1.0:
             raise ConfigError(f"method.target_freeze must be a share of training in (0, 1], got {self.target_freeze}")
         if self.retrain_epochs < 0:

@@ -72,6 +72,7 @@ class GatesModule(TaskModule):
         self.mu_ramp = (float(o.mu_ramp[0]), float(o.mu_ramp[1]))
         self.target, self.target_baseline, self.multiplier_lr = o.target_macs, o.target_baseline, o.multiplier_lr
         self.target_warmup, self.target_freeze, self.retrain_epochs = o.target_warmup, o.target_freeze, o.retrain_epochs
+        self.target_min_length = o.target_min_length
         self.multiplier = 0.0  # the Lagrange multiplier of the MACs target (dual ascent); saved in checkpoints
         self.base_macs_seen = torch.zeros(2, dtype=torch.float64)  # (sum of batches' baseline MACs, batches)
         self.gates_frozen = False  # set 0/1 and frozen at target_freeze (a target) or in the second stage
@@ -210,7 +211,8 @@ class GatesModule(TaskModule):
     def calibrate_to_target(self) -> dict[str, float]:
         """Open the first k gates of an order and close the rest (:meth:`RankGates.snap_`), k chosen so the
         hard MACs ratio over the real lengths of the training inputs seen (:attr:`length_counts`, summed over
-        DDP ranks) is nearest ``target_macs``; the ratio grows with k, so k is found by bisection.
+        DDP ranks; those of at least ``target_min_length`` tokens) is nearest ``target_macs``; the ratio grows
+        with k, so k is found by bisection.
 
         The order: gate value, highest first (the evidence training gathered: the gates the multiplier pushed
         lowest close first, as CoFi's deterministic masks keep the top scores up to the expected count); among
@@ -221,14 +223,16 @@ class GatesModule(TaskModule):
         lengths.
 
         Raises:
-            RuntimeError: no training input was seen.
+            RuntimeError: no training input (of at least ``target_min_length`` tokens) was seen.
         """
         counts = self.length_counts
         if self._trainer is not None and self.trainer.world_size > 1:
             counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()
         lengths = counts.nonzero().squeeze(1)
+        lengths = lengths[lengths >= self.target_min_length]
         if lengths.numel() == 0:
-            raise RuntimeError("gates: no training input seen, nothing to calibrate the MACs target on")
+            raise RuntimeError(f"gates: no training input of at least method.target_min_length="
+                               f"{self.target_min_length} tokens seen: nothing to cut the MACs target on")
         weights = counts[lengths]
 
         def ratio() -> float:
