@@ -38,4 +38,7 @@ run target_0.4_gate_lr_linear "${GATES[@]}" method.target_macs=0.4 method.gate_l
     "label='gates, MACs target, gate lr warm-up and decay (3 epochs)'"
 run target_0.4_rank_distill "${GATES[@]}" method.target_macs=0.4 method.rank_distill=1.0 \
     "label='gates, MACs target, ranking distillation from full (3 epochs)'"
-"$PY" -m dyntok.report "$OUT"/target_* --split test --out "$DOCS/targets"
+# beside the earlier SST-2 points of docs/benchmarks/sst2.md (same recipe): the lambda grid and LengthDrop
+"$PY" -m dyntok.report "$DOCS"/target_* --split test --out "$DOCS/targets" \
+    --anchor "gates, lambda 2.5-3.5 (sst2.md)=0.467:0.8578,0.379:0.8165,0.360:0.8360,0.350:0.8245" \
+    --anchor "LengthDrop searched (sst2.md)=0.392:0.8727" --anchor "full, +3 epochs (sst2.md)=1.0:0.8670"
