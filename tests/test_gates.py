@@ -480,7 +480,8 @@ def test_a_target_run_ends_at_its_target_with_the_hard_rule(tmp_path):
 
     assert report([str(run), "--controller", str(tmp_path / "trace")]) == 0  # the per-step log, plotted
     trace = json.loads((tmp_path / "trace.json").read_text())
-    assert (tmp_path / "trace.png").stat().st_size > 0 and len(trace["multiplier"]) == 10  # every step before
+    assert (tmp_path / "trace.png").stat().st_size > 0 and len(trace["multiplier"]) == 30  # every step
+    assert len({v for _, v in trace["multiplier"][10:]}) == 1  # frozen from step 10: the multiplier rests
     targets = [v for _, v in trace["target_macs"]]
     assert targets[0] == pytest.approx(1.0) and targets == sorted(targets, reverse=True)  # warmed up from 1
     assert targets[-1] == pytest.approx(0.5)

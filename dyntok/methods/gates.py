@@ -87,8 +87,7 @@ class GatesModule(TaskModule):
         real = batch["attention_mask"].sum(1)
         if self.gates.rank_scale == "absolute" and real.max() > self.gates.max_length:
             raise ConfigError(f"inputs of {int(real.max())} tokens exceed method.max_length={self.gates.max_length}")
-        if not self.gates_frozen and (self.stage_progress() or 0.0) >= (
-                self.target_freeze if self.target is not None else 1.0 if self.retrain_epochs else math.inf):
+        if not self.gates_frozen and (self.stage_progress() or 0.0) >= self.freeze_point():
             self.freeze_gates()
         self.gates.theta.requires_grad_(not self.gates_frozen and self.global_step >= self.freeze_gates_steps)
         if not self.gates_frozen:
@@ -114,16 +113,17 @@ class GatesModule(TaskModule):
             sparse = self.gates.token_sparsity(out.encoder.alive, batch["attention_mask"], self.layer_weighting)
         mu = self.current_mu()
         bs = batch["input_ids"].size(0)
-        if self.gates_frozen:
-            loss = task
-        elif self.target is not None:  # the multiplier is lambda, steered by the MACs the batch costs
-            loss = task + self.multiplier * sparse + mu * bimodal
+        if self.target is not None:  # logged in the frozen phase too: the trace shows what the cut costs
             with torch.no_grad():
                 expected = self.expected_macs_ratio(out.encoder.alive, batch["attention_mask"])
                 hard, base = self._batch_macs(real, self.gates.hard_lengths(real).to(torch.float64))
             target = self.current_target()
             self.log_dict({"train/multiplier": self.multiplier, "train/expected_macs_ratio": expected,
                            "train/hard_macs_ratio": hard / base, "train/target_macs": target}, batch_size=bs)
+        if self.gates_frozen:
+            loss = task
+        elif self.target is not None:  # the multiplier is lambda, steered by the MACs the batch costs
+            loss = task + self.multiplier * sparse + mu * bimodal
             self.update_multiplier(float(hard - target * base), float(base))
         else:
             loss = task + self.lam * sparse + mu * bimodal
@@ -176,6 +176,13 @@ class GatesModule(TaskModule):
         if not math.isfinite(total) or total <= 0 or not epochs or epochs <= 0:
             return None
         return self.global_step / (total * (epochs - self.retrain_epochs) / epochs)
+
+    def freeze_point(self) -> float:
+        """The share of the first stage at which the gates freeze: ``target_freeze`` with a target, its end
+        with ``retrain_epochs``, never otherwise (inf)."""
+        if self.target is not None:
+            return self.target_freeze
+        return 1.0 if self.retrain_epochs else math.inf
 
     def current_target(self) -> float:
         """The MACs ratio the multiplier aims at this step: 1 - (1 - target_macs) * min(1, t / target_warmup),
