@@ -132,7 +132,7 @@ def test_every_experiment_and_group_option_composes_and_instantiates(override):
     cfg = _compose([override, "data_dir=/nowhere"])
     if override.startswith("experiment="):  # <task>_<method>: the recipe runs the method it is named for
         named = override.split("_", 1)[1]
-        assert cfg.method.name == {"search": "lengthdrop"}.get(named, named)
+        assert cfg.method.name == {"search": "lengthdrop", "gates_target": "gates"}.get(named, named)
     task = get_task(cfg.task.name)
     model = DynTokModel.from_pretrained(None, task.problem, task.num_labels, config=TINY_BERT)
     module = build_method(cfg, model, task)
