@@ -220,7 +220,7 @@ class GatesConfig:
     regularizer keeps its shape (``sparsity``, ``layer_weighting``) and its strength follows the target.
     Needs ``regularizer.lambda=0`` and ``straight_through`` (training then sees the hard ratio). At
     ``target_freeze`` the gates are cut to the target on the training inputs' lengths and frozen
-    (:meth:`dyntok.methods.gates.GatesModule.calibrate_to_target`): inference meets the target, not only the
+    (:meth:`dyntok.methods.target.MacsTarget.calibrate`): inference meets the target, not only the
     training batches' expectation, and the encoder trains on after the cut."""
     target_warmup: float = 0.3
     """Share of the first stage (``trainer.max_epochs``) over which the target falls linearly from 1 to

@@ -22,6 +22,7 @@ from dyntok.core.model import ModelOutput
 from dyntok.errors import ConfigError
 from dyntok.methods.base import TaskModule, distillation_loss, ranking_distillation_loss
 from dyntok.methods.config import GatesConfig, TrainingConfig
+from dyntok.methods.target import MacsTarget
 
 log = logging.getLogger("dyntok")
 
@@ -39,7 +40,7 @@ class GatesModule(TaskModule):
     ``threshold``, ``skip_first``, ``min_keep`` (:class:`~dyntok.core.gates.RankGates`);
     ``layer_weighting`` (w_j of R_sparse: :meth:`RankGates.layer_weights`); ``freeze_gates_steps``;
     ``target_macs``, ``target_baseline``, ``target_warmup``, ``multiplier_lr`` (a compute target in place of
-    lambda: :meth:`update_multiplier`, :meth:`calibrate_to_target`); ``retrain_epochs`` (a second stage with
+    lambda: :class:`~dyntok.methods.target.MacsTarget`); ``retrain_epochs`` (a second stage with
     the gates frozen: :meth:`freeze_gates`);
     ``mu_ramp`` ([start, end] shares of the training steps: mu is 0 until start, grows linearly to its value at
     end and stays: the gates first find what to keep under lambda alone, then the growing bi-modal pull settles
@@ -70,15 +71,11 @@ class GatesModule(TaskModule):
         self.layer_weighting = o.layer_weighting
         self.freeze_gates_steps = o.freeze_gates_steps
         self.mu_ramp = (float(o.mu_ramp[0]), float(o.mu_ramp[1]))
-        self.target, self.target_baseline, self.multiplier_lr = o.target_macs, o.target_baseline, o.multiplier_lr
-        self.target_warmup, self.target_freeze, self.retrain_epochs = o.target_warmup, o.target_freeze, o.retrain_epochs
-        self.target_min_length = o.target_min_length
-        self.multiplier = 0.0  # the Lagrange multiplier of the MACs target (dual ascent); saved in checkpoints
-        self.base_macs_seen = torch.zeros(2, dtype=torch.float64)  # (sum of batches' baseline MACs, batches)
+        self.target_baseline, self.target_freeze, self.retrain_epochs = o.target_baseline, o.target_freeze, o.retrain_epochs
+        # the compute target's multiplier, lengths seen and cut (None: lambda is fixed); saved in checkpoints
+        self.target = None if o.target_macs is None else MacsTarget(
+            o.target_macs, o.multiplier_lr, o.target_warmup, o.target_min_length, o.max_length)
         self.gates_frozen = False  # set 0/1 and frozen at target_freeze (a target) or in the second stage
-        self.calibration: dict[str, float] = {}
-        # real lengths of the training inputs seen (count per length): the cut meeting the target is found on them
-        self.length_counts = torch.zeros(o.max_length + 1, dtype=torch.float64)
         self.gates = RankGates(self.model.num_layers, o.max_length, o.parametrization, o.gate_init,
                                o.straight_through, o.threshold, o.skip_first, fixed_first=self.model.keep_cls,
                                rank_scale=o.rank_scale, bins=o.rank_bins, min_keep=o.min_keep)
@@ -90,8 +87,8 @@ class GatesModule(TaskModule):
         if not self.gates_frozen and (self.stage_progress() or 0.0) >= self.freeze_point():
             self.freeze_gates()
         self.gates.theta.requires_grad_(not self.gates_frozen and self.global_step >= self.freeze_gates_steps)
-        if not self.gates_frozen:
-            self.count_lengths(real)
+        if self.target is not None and not self.gates_frozen:
+            self.target.count(real)
         ranks = self.rank_distill > 0 and not self.gates_frozen
         out = self(batch, rank_gates=self.gates.training_gates(real, batch["input_ids"].size(1)), return_scores=ranks)
         task = self.task_loss(out.logits, batch["labels"])
@@ -117,14 +114,14 @@ class GatesModule(TaskModule):
             with torch.no_grad():
                 expected = self.expected_macs_ratio(out.encoder.alive, batch["attention_mask"])
                 hard, base = self._batch_macs(real, self.gates.hard_lengths(real).to(torch.float64))
-            target = self.current_target()
-            self.log_dict({"train/multiplier": self.multiplier, "train/expected_macs_ratio": expected,
+            target = self.target.current(self.stage_progress())
+            self.log_dict({"train/multiplier": self.target.multiplier, "train/expected_macs_ratio": expected,
                            "train/hard_macs_ratio": hard / base, "train/target_macs": target}, batch_size=bs)
         if self.gates_frozen:
             loss = task
         elif self.target is not None:  # the multiplier is lambda, steered by the MACs the batch costs
-            loss = task + self.multiplier * sparse + mu * bimodal
-            self.update_multiplier(float(hard - target * base), float(base))
+            loss = task + self.target.multiplier * sparse + mu * bimodal
+            self.target.step(float(hard - target * base), float(base))
         else:
             loss = task + self.lam * sparse + mu * bimodal
         self.log_dict({"train/loss": loss, "train/task_loss": task, "train/r_sparse": sparse,
@@ -184,123 +181,35 @@ class GatesModule(TaskModule):
             return self.target_freeze
         return 1.0 if self.retrain_epochs else math.inf
 
-    def current_target(self) -> float:
-        """The MACs ratio the multiplier aims at this step: 1 - (1 - target_macs) * min(1, t / target_warmup),
-        t the share of the first stage done (CoFi's warm-up); the target itself when t is unknown."""
-        t = self.stage_progress()
-        if not self.target_warmup or t is None:
-            return self.target
-        return 1.0 - (1.0 - self.target) * min(1.0, t / self.target_warmup)
-
-    def count_lengths(self, real: torch.Tensor) -> None:
-        """Add a batch's (B,) real lengths to :attr:`length_counts`."""
-        counts = torch.bincount(real.detach().long().cpu(), minlength=self.length_counts.numel())
-        if counts.numel() > self.length_counts.numel():
-            self.length_counts = torch.cat([self.length_counts,
-                                            torch.zeros(counts.numel() - self.length_counts.numel(), dtype=torch.float64)])
-        self.length_counts += counts.to(torch.float64)
-
     @torch.no_grad()
     def freeze_gates(self) -> None:
-        """End the gates' training: with a target, :meth:`calibrate_to_target`; else the gates are set to their
-        hard values (no decision changes). Either way they are frozen from here on."""
+        """End the gates' training: with a target, cut them to it (:meth:`MacsTarget.calibrate`, on the
+        training lengths counted by every DDP rank); else set them to their hard values (no decision changes).
+        Either way they are frozen from here on."""
         if self.target is not None:
-            self.calibrate_to_target()
+            counts = self.target.length_counts
+            if self._trainer is not None and self.trainer.world_size > 1:
+                counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()
+            cal = self.target.calibrate(self.gates, self._macs_ratio, counts)
+            log.info("gates: cut to %d open gates: hard MACs ratio %.3f -> %.3f on the training lengths (target %g)",
+                     cal["open_gates"], cal["ratio_before"], cal["ratio_after"], self.target.target)
         else:
             self.gates.snap_(self.gates.values() > self.gates.threshold)
         self.gates_frozen = True
         self.gates.theta.requires_grad_(False)
-        log.info("gates: set to 0/1 and frozen at step %d%s", self.global_step,
-                 f" (hard MACs ratio {self.calibration['ratio_after']:.3f} on the training lengths, target "
-                 f"{self.target})" if self.calibration else "")
-
-    @torch.no_grad()
-    def calibrate_to_target(self) -> dict[str, float]:
-        """Open the first k gates of an order and close the rest (:meth:`RankGates.snap_`), k chosen so the
-        hard MACs ratio over the real lengths of the training inputs seen (:attr:`length_counts`, summed over
-        DDP ranks; those of at least ``target_min_length`` tokens) is nearest ``target_macs``; the ratio grows
-        with k, so k is found by bisection.
-
-        The order: gate value, highest first (the evidence training gathered: the gates the multiplier pushed
-        lowest close first, as CoFi's deterministic masks keep the top scores up to the expected count); among
-        equal values (gates the bi-modal term settled at 0 or 1) the lower significance rank, then the earlier
-        layer, first.
-
-        Returns (also :attr:`calibration`): the gates left open, and the hard ratio before and after on those
-        lengths.
-
-        Raises:
-            RuntimeError: no training input (of at least ``target_min_length`` tokens) was seen.
-        """
-        counts = self.length_counts
-        if self._trainer is not None and self.trainer.world_size > 1:
-            counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()
-        lengths = counts.nonzero().squeeze(1)
-        lengths = lengths[lengths >= self.target_min_length]
-        if lengths.numel() == 0:
-            raise RuntimeError(f"gates: no training input of at least method.target_min_length="
-                               f"{self.target_min_length} tokens seen: nothing to cut the MACs target on")
-        weights = counts[lengths]
-
-        def ratio() -> float:
-            return float(self._macs_ratio(lengths, self.gates.hard_lengths(lengths).to(torch.float64), weights))
-
-        before = ratio()
-        g = self.gates.values().detach().cpu()
-        n_layers, n_gates = g.shape
-        layer = torch.arange(n_layers)[:, None].expand_as(g).flatten()
-        rank = torch.arange(n_gates)[None, :].expand_as(g).flatten()
-        order = torch.arange(g.numel())
-        for key, descending in ((layer, False), (rank, False), (g.flatten(), True)):  # stable: the last key leads
-            order = order[torch.sort(key[order], descending=descending, stable=True).indices]
-        ratios: dict[int, float] = {}
-
-        def ratio_at(k: int) -> float:
-            if k not in ratios:
-                open_ = torch.zeros(g.numel(), dtype=torch.bool)
-                open_[order[:k]] = True
-                self.gates.snap_(open_.view_as(g))
-                ratios[k] = ratio()
-            return ratios[k]
-
-        lo, hi = 0, g.numel()  # the fewest open gates reaching the target
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if ratio_at(mid) >= self.target else (mid + 1, hi)
-        best = min((k for k in (lo - 1, lo) if k >= 0), key=lambda k: abs(ratio_at(k) - self.target))
-        open_ = torch.zeros(g.numel(), dtype=torch.bool)
-        open_[order[:best]] = True
-        self.gates.snap_(open_.view_as(g))
-        self.calibration = {"open_gates": best, "ratio_before": before, "ratio_after": ratios[best]}
-        return self.calibration
-
-    def update_multiplier(self, excess: float, base: float) -> float:
-        """Dual ascent on the target as an equality (CoFi, Xia et al. 2022, Eq. 6; ToP) on the MACs of all
-        training inputs: the multiplier moves by ``multiplier_lr * excess / b``, excess = the batch's MACs -
-        target * its baseline MACs, b the mean baseline MACs of the batches so far (``base`` is this batch's).
-        Summed over batches this is the gap of the total ratio, so batches of short inputs, which gates can
-        barely shorten, weigh as little as the MACs they cost. It turns negative below the target, which pushes
-        gates open again. Returns the new value."""
-        self.base_macs_seen += torch.tensor([base, 1.0], dtype=torch.float64)
-        self.multiplier += self.multiplier_lr * excess / float(self.base_macs_seen[0] / self.base_macs_seen[1])
-        return self.multiplier
+        log.info("gates: set to 0/1 and frozen at step %d", self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["gates_multiplier"] = self.multiplier  # a resumed run continues the same dual ascent
         checkpoint["gates_frozen"] = self.gates_frozen
-        checkpoint["gates_base_macs_seen"] = self.base_macs_seen.tolist()
-        checkpoint["gates_length_counts"] = self.length_counts.tolist()
-        checkpoint["gates_calibration"] = self.calibration
+        if self.target is not None:  # a resumed run continues the same dual ascent
+            checkpoint["gates_target"] = self.target.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.multiplier = float(checkpoint.get("gates_multiplier", 0.0))
         self.gates_frozen = bool(checkpoint.get("gates_frozen", False))
-        self.base_macs_seen = torch.tensor(checkpoint.get("gates_base_macs_seen", [0.0, 0.0]), dtype=torch.float64)
-        if "gates_length_counts" in checkpoint:
-            self.length_counts = torch.tensor(checkpoint["gates_length_counts"], dtype=torch.float64)
-        self.calibration = dict(checkpoint.get("gates_calibration", {}))
+        if self.target is not None and "gates_target" in checkpoint:
+            self.target.load_state_dict(checkpoint["gates_target"])
 
     def current_mu(self) -> float:
         """mu at this step: 0 before ``mu_ramp[0]`` of the first stage, linear up to ``mu_ramp[1]``, then constant."""
@@ -377,8 +286,10 @@ class GatesModule(TaskModule):
         out = super().summary()
         out["gates"] = {
             "lambda": self.lam, "mu": self.mu, "distill": self.distill, **self.gates.stats(),
-            "target_macs": self.target, "target_baseline": self.target_baseline, "multiplier": self.multiplier,
-            "retrain_epochs": self.retrain_epochs, "calibration": self.calibration,
+            "target_macs": None if self.target is None else self.target.target, "target_baseline": self.target_baseline,
+            "multiplier": None if self.target is None else self.target.multiplier,
+            "calibration": None if self.target is None else self.target.calibration,
+            "retrain_epochs": self.retrain_epochs,
             "values": self.gates.values().detach().cpu().tolist(),
             "rank_scale": self.gates.rank_scale,
             # per gated layer, the gates above the threshold (ranks, or share bins with rank_scale=relative)
