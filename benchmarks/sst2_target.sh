@@ -31,13 +31,16 @@ for t in 0.5 0.4 0.33; do
   run "target_$t" "${GATES[@]}" "method.target_macs=$t"
 done
 # the options at 0.4: a fourth epoch with the gates frozen; the gates' learning rate warmed up and decayed;
-# the significance order distilled from the full model (ToP)
+# the significance order distilled from the full model (ToP); R_sparse with every layer weighted alike
 run target_0.4_retrain "${GATES[@]}" method.target_macs=0.4 method.retrain_epochs=1 \
     "label='gates, MACs target + 1 frozen epoch'"
 run target_0.4_gate_lr_linear "${GATES[@]}" method.target_macs=0.4 method.gate_lr_schedule=linear \
     "label='gates, MACs target, gate lr warm-up and decay (3 epochs)'"
 run target_0.4_rank_distill "${GATES[@]}" method.target_macs=0.4 method.rank_distill=1.0 \
     "label='gates, MACs target, ranking distillation from full (3 epochs)'"
+# every layer's tokens priced alike in R_sparse, as their MACs are (the default charges layer j by j)
+run target_0.4_uniform "${GATES[@]}" method.target_macs=0.4 method.layer_weighting=uniform \
+    "label='gates, MACs target, layers weighted alike (3 epochs)'"
 # beside the earlier SST-2 points of docs/benchmarks/sst2.md (same recipe): the lambda grid and LengthDrop
 "$PY" -m dyntok.report "$DOCS"/target_* --split test --out "$DOCS/targets" \
     --anchor "gates, lambda 2.5-3.5 (sst2.md)=0.467:0.8578,0.379:0.8165,0.360:0.8360,0.350:0.8245" \
