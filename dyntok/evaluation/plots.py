@@ -4,6 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    """matplotlib.pyplot on the headless backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay out, write as PNG (creating the folder) and close ``fig``; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
 
 
 def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Path, xlabel: str, ylabel: str,
@@ -11,11 +32,7 @@ def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Pa
                 anchors: dict[str, Sequence[tuple[float, float]]] | None = None) -> Path:
     """One line per label, points sorted by x; ``anchors``: published points, drawn as black stars joined by a
     dashed line, one series per name; saved as PNG (headless backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     many = len(curves) + len(anchors or {}) > 6  # the legend then goes beside the axes, where it hides no point
     fig, ax = plt.subplots(figsize=(10.5 if many else 6.4, 4.8 if many else 4.4), dpi=120)
     colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
@@ -39,23 +56,14 @@ def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Pa
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_controller(trace: dict[str, Sequence[tuple[int, float]]], path: str | Path, title: str = "") -> Path:
     """A compute target's trace (:func:`dyntok.evaluation.results.controller_trace`): the MACs ratios
     (expected, hard, the target of the step) on the left axis and the Lagrange multiplier on the right, against
     training steps; saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=120)
     styles = {"hard_macs_ratio": ("tab:blue", "-"), "expected_macs_ratio": ("tab:cyan", ":"),
               "target_macs": ("black", "--")}
@@ -75,9 +83,4 @@ def plot_controller(trace: dict[str, Sequence[tuple[int, float]]], path: str | P
     lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="lower left")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
