@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # SST-2 gates trained to a compute target (method.target_macs) instead of a lambda, with MiniLM on the recipe of
 # docs/benchmarks/sst2.md: the method=full model (2 epochs, 16,000 training examples) -> three more epochs of
-# gates at targets 0.5 / 0.4 / 0.33 of the real-length MACs -> the options at 0.4. About 10-13 minutes a run on
-# 2 CPU cores. Usage: benchmarks/sst2_target.sh [DATA_DIR=../shared/data/glue] [OUT=runs/sst2]
+# gates at targets 0.5 / 0.4 / 0.33 of the real-length MACs -> four options at 0.4. About 7-9 minutes a run on
+# 2 CPU cores (an hour for the seven). Usage: benchmarks/sst2_target.sh [DATA_DIR=../shared/data/glue] [OUT=runs/sst2]
 # Each run's results.json and controller trace go to docs/benchmarks/sst2/<run>/ as it finishes; a run whose
 # results.json exists there is skipped, so a killed script resumes by rerunning.
 set -euo pipefail

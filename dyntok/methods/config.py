@@ -221,7 +221,9 @@ class GatesConfig:
     Needs ``regularizer.lambda=0`` and ``straight_through`` (training then sees the hard ratio). At
     ``target_freeze`` the gates are cut to the target on the training inputs' lengths and frozen
     (:meth:`dyntok.methods.target.MacsTarget.calibrate`): inference meets the target, not only the
-    training batches' expectation, and the encoder trains on after the cut."""
+    training batches' expectation, and the encoder trains on after the cut. A bi-modal term
+    (``regularizer.mu``) still applies; it can lock gates before the target is reached, so
+    ``experiment=sst2_gates_target`` sets it to 0 and lets the cut set the gates to 0 or 1."""
     target_warmup: float = 0.3
     """Share of the first stage (``trainer.max_epochs``) over which the target falls linearly from 1 to
     ``target_macs`` (CoFi's Lagrangian warm-up): the multiplier does not wind up while the gates travel to the
