@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from fractions import Fraction
 
 import pytest
 import torch
@@ -16,6 +17,11 @@ from dyntok.data.tasks import get_task
 from dyntok.methods.lengthdrop import LengthDropModule, distillation_loss
 from tests.conftest import TINY_BERT
 from tests.test_run import TINY, _run
+
+
+def _ceil(share: float, n: int) -> int:
+    """ceil(share * n) on the share in millionths, as dyntok counts kept tokens (ceil_share)."""
+    return math.ceil(Fraction(round(share * 1_000_000), 1_000_000) * n)
 
 
 def _module(**kw) -> LengthDropModule:
@@ -33,7 +39,7 @@ def test_lengthdrop_samples_stay_within_the_ratio_bound(ref, p, seed):
     counts = [round(v * ref) for v in cfg.values]
     prev = ref
     for c in counts:
-        assert math.ceil((1 - p) * prev - 1e-9) <= c <= prev
+        assert _ceil(1 - p, prev) <= c <= prev
         prev = c
     small = [round(v * ref) for v in m.smallest(ref).values]
     assert all(s <= c for s, c in zip(small, counts, strict=True))  # nothing is smaller than the smallest
@@ -208,14 +214,14 @@ def test_token_mode_sampling_is_bounded_monotone_and_steps_only_where_layers_run
             if skip is not None and skip[j]:
                 assert c == prev  # a skipped layer keeps its input length
             else:  # one step of the chain, never two
-                assert max(2, math.ceil((1 - p) * prev - 1e-9)) <= c <= prev
+                assert max(2, _ceil(1 - p, prev)) <= c <= prev
             prev = c
     smallest, skip = m.sandwich(max_length)[0]  # LayerDrop too (the authors'): its chain steps where layers run
     assert (skip is None) == (drop == 0)
     want, cur = [], max_length
     for j in range(3):
         if skip is None or not skip[j]:
-            cur = max(2, math.ceil((1 - p) * cur - 1e-9))
+            cur = max(2, _ceil(1 - p, cur))
         want.append(cur)
     assert [int(v) for v in smallest.values] == want
     assert full is None or not all(full)
@@ -227,7 +233,7 @@ def test_token_mode_sampling_is_bounded_monotone_and_steps_only_where_layers_run
 def _chain(l0: int, p: float, layers: int) -> list[int]:
     out, cur = [], l0
     for _ in range(layers):
-        cur = max(2, math.ceil((1 - p) * cur - 1e-9))
+        cur = max(2, _ceil(1 - p, cur))
         out.append(cur)
     return out
 
@@ -245,4 +251,4 @@ def test_layerdrop_in_the_ratio_unit_also_steps_only_where_layers_run():
     m.rng = random.Random(1)
     cfg = m.sample_lengths(100, skip=[False, True, False])
     c = [round(v * 100) for v in cfg.values]
-    assert c[1] == c[0] and math.ceil(0.5 * c[1] - 1e-9) <= c[2] <= c[1]
+    assert c[1] == c[0] and _ceil(0.5, c[1]) <= c[2] <= c[1]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+from math import ceil
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dyntok.core.lengths import LengthConfig
+from dyntok.core.lengths import PPM, LengthConfig, ceil_share
 from dyntok.errors import ConfigError
 
 
@@ -61,3 +64,19 @@ def test_resolve_is_monotone_and_bounded(ratios, real, min_tokens):
     assert (got[:, 1:] <= got[:, :-1]).all()
     assert (got <= n[:, None]).all()
     assert (got >= torch.clamp(n, max=min_tokens)[:, None]).all()
+
+
+@given(st.integers(0, PPM), st.integers(0, 4096))
+def test_kept_counts_are_the_exact_ceiling_of_the_share(millionths, n):
+    exact = ceil(Fraction(millionths, PPM) * n)
+    share = millionths / PPM
+    assert ceil_share(share, n) == exact
+    assert int(ceil_share(torch.tensor(share), torch.tensor(n))) == exact  # int64 tensors: the same rule
+
+
+def test_kept_counts_do_not_drift_with_floating_point():
+    assert ceil_share(0.3, 100) == 30  # float32 ceil(0.3 * 100) is 31
+    lengths = torch.arange(1, 513)
+    cfg = LengthConfig(tuple(r / 10 for r in range(9, 0, -1)), "ratio", min_tokens=1)
+    exact = [[ceil(Fraction(r, 10) * n) for r in range(9, 0, -1)] for n in range(1, 513)]
+    assert cfg.resolve(lengths).tolist() == exact  # every length up to 512, every tenth

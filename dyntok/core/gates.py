@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from dyntok.core.lengths import LengthConfig
+from dyntok.core.lengths import LengthConfig, ceil_share
 from dyntok.errors import ConfigError
 
 
@@ -138,7 +138,7 @@ class RankGates(nn.Module):
         """(B, width) bool: ranks below ceil(min_keep * n), kept whatever their gates say; None without a floor."""
         if self.min_keep == 0.0:
             return None
-        floor = torch.ceil(self.min_keep * real_lengths.to(torch.float64)).long()
+        floor = ceil_share(self.min_keep, real_lengths.long())
         return torch.arange(width, device=real_lengths.device)[None, :] < floor[:, None]
 
     def values(self) -> torch.Tensor:

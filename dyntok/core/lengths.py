@@ -7,7 +7,10 @@ sub-layer (PoWER-BERT, Goyal et al. 2020; Length-Adaptive Transformer, Kim & Cho
 dyntok stores it in one of two units:
 
 - ``ratio``: l_j = ceil(r_j * n) for an example of n real (unpadded) tokens. Inputs of different real
-  lengths in one batch each keep their own share; padding never counts.
+  lengths in one batch each keep their own share; padding never counts. Every such count in dyntok is
+  :func:`ceil_share`: integer arithmetic on the share in millionths, so training, MACs accounting, the search
+  and any other runtime that repeats it in int64 agree on every length (floating point does not: fp32
+  ceil(0.3 * 100) is 31).
 - ``tokens``: l_j = min(c_j, n) absolute tokens, as the original LAT code counts them.
 
 Either way the resolved counts are clamped to [min(min_tokens, n), n] and made non-increasing.
@@ -24,6 +27,24 @@ import torch
 from dyntok.errors import ConfigError
 
 Unit = Literal["ratio", "tokens"]
+
+PPM = 1_000_000
+"""Shares are counted in millionths."""
+
+
+def ceil_share(share: float | torch.Tensor, n: int | torch.Tensor) -> int | torch.Tensor:
+    """ceil(share * n) tokens, exactly: the share rounded to millionths s, then (s * n + 10^6 - 1) // 10^6 in
+    integers (int64 for tensors; no overflow below 9e12 tokens).
+
+    Args:
+        share: a float, or a float tensor broadcastable with ``n``.
+        n: tokens, an int or a long tensor.
+
+    Returns:
+        an int, or a long tensor of the broadcast shape.
+    """
+    s = torch.round(share.to(torch.float64) * PPM).long() if torch.is_tensor(share) else round(float(share) * PPM)
+    return (s * n + PPM - 1) // PPM
 
 
 @dataclass(frozen=True)
@@ -146,8 +167,7 @@ class LengthConfig:
         n = real_lengths.to(torch.long).unsqueeze(1)
         vals = torch.tensor(self.values, dtype=torch.float64, device=n.device).unsqueeze(0)
         if self.unit == "ratio":
-            # The epsilon keeps 0.5 * 10 at 5 despite float error.
-            counts = torch.ceil(vals * n.to(torch.float64) - 1e-6).to(torch.long)
+            counts = ceil_share(vals, n)
         else:
             counts = vals.to(torch.long).expand(n.size(0), -1)
         floor = torch.clamp(n, max=self.min_tokens)

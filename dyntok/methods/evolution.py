@@ -61,6 +61,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from dyntok.core.lengths import ceil_share
 from dyntok.errors import ConfigError, DataError
 from dyntok.evaluation.frontier import (
     Point,
@@ -83,7 +84,7 @@ def constant_ratio_gene(q: float, num_layers: int, ref_length: int, floor: int =
     genes, cur = [], ref_length
     for j in range(num_layers):
         if skip is None or not skip[j]:
-            cur = max(floor, math.ceil(q * cur - 1e-9))
+            cur = max(floor, ceil_share(q, cur))
         genes.append(cur)
     return tuple(genes)
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from dyntok.core.lengths import LengthConfig
+from dyntok.core.lengths import LengthConfig, ceil_share
 from dyntok.methods.base import TaskModule, distillation_loss
 from dyntok.methods.checkpoint import method_of
 from dyntok.methods.config import LengthDropConfig, TrainingConfig
@@ -82,7 +81,7 @@ class LengthDropModule(TaskModule):
         cur, counts = ref_length, []
         for j in range(self.model.num_layers):
             if skip is None or not skip[j]:
-                cur = max(self.floor, self.rng.randint(math.ceil((1 - self.p) * cur - 1e-9), cur))
+                cur = max(self.floor, self.rng.randint(ceil_share(1 - self.p, cur), cur))
             counts.append(cur)
         return LengthConfig.from_counts(counts, ref_length, self.length_unit)
 
