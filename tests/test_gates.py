@@ -421,13 +421,13 @@ def test_the_cut_meets_the_target_on_the_training_lengths_and_closes_the_lowest_
     with torch.no_grad():
         module.gates.theta.uniform_(0.2, 0.9)  # gates in flight, on both sides of the threshold
     module.target.count(torch.randint(4, 33, (200,)))
-    cal = module.target.calibrate(module.gates, module._macs_ratio)
+    cal = module.target.calibrate(module.gates, module.hard_macs_ratio)
     assert cal["ratio_after"] == pytest.approx(0.4, abs=0.03) and cal["ratio_before"] != cal["ratio_after"]
     g = module.gates.values()
     assert set(g.unique().tolist()) <= {0.0, 1.0}  # soft equals hard from here on
     lengths = module.target.length_counts.nonzero().squeeze(1)
-    again = module._macs_ratio(lengths, module.gates.hard_lengths(lengths).double(), module.target.length_counts[lengths])
-    assert float(again) == pytest.approx(cal["ratio_after"])
+    again = module.hard_macs_ratio(lengths, module.target.length_counts[lengths])
+    assert again == pytest.approx(cal["ratio_after"])
 
 
 def test_the_cut_can_meet_the_target_on_the_longer_inputs_only():
@@ -435,19 +435,19 @@ def test_the_cut_can_meet_the_target_on_the_longer_inputs_only():
                                                                                   target_min_length=20)
     for m in (short, long_):
         m.target.count(torch.cat([torch.full((300,), 6), torch.full((100,), 40)]))  # mostly phrases
-        m.target.calibrate(m.gates, m._macs_ratio)
+        m.target.calibrate(m.gates, m.hard_macs_ratio)
     forty = torch.tensor([40])
-    on_long = [float(m._macs_ratio(forty, m.gates.hard_lengths(forty).double())) for m in (short, long_)]
+    on_long = [m.hard_macs_ratio(forty) for m in (short, long_)]
     assert on_long[1] == pytest.approx(0.5, abs=0.03) and abs(on_long[0] - 0.5) > 0.03
     with pytest.raises(RuntimeError, match="method.target_min_length=50"):
         m = _gates_module(target_macs=0.5, max_length=64, target_min_length=50)
-        m.target.calibrate(m.gates, m._macs_ratio)
+        m.target.calibrate(m.gates, m.hard_macs_ratio)
 
 
 def test_settled_gates_are_cut_from_the_highest_ranks():
     module = _gates_module(target_macs=0.6, max_length=32)  # every gate at 1: only the tie-break can decide
     module.target.count(torch.randint(8, 33, (100,)))
-    assert module.target.calibrate(module.gates, module._macs_ratio)["ratio_after"] == pytest.approx(0.6, abs=0.03)
+    assert module.target.calibrate(module.gates, module.hard_macs_ratio)["ratio_after"] == pytest.approx(0.6, abs=0.03)
     opened = module.gates.values() > 0.5
     for row in opened:  # per layer, a prefix of ranks stays open
         k = int(row.sum())
@@ -461,7 +461,7 @@ def test_the_cut_keeps_the_ordering_the_gates_learned():
         module.gates.theta.copy_(torch.linspace(0.05, 0.95, module.gates.theta.numel()).view_as(module.gates.theta))
     before = module.gates.values().clone()
     module.target.count(torch.full((10,), 16))
-    module.target.calibrate(module.gates, module._macs_ratio)
+    module.target.calibrate(module.gates, module.hard_macs_ratio)
     opened = module.gates.values() > 0.5
     assert before[opened].min() > before[~opened].max()  # every open gate had a higher value than every closed one
 

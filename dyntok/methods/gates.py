@@ -113,7 +113,7 @@ class GatesModule(TaskModule):
         if self.target is not None:  # logged in the frozen phase too: the trace shows what the cut costs
             with torch.no_grad():
                 expected = self.expected_macs_ratio(out.encoder.alive, batch["attention_mask"])
-                hard, base = self._batch_macs(real, self.gates.hard_lengths(real).to(torch.float64))
+                hard, base = self.hard_macs(real)
             target = self.target.current(self.stage_progress())
             self.log_dict({"train/multiplier": self.target.multiplier, "train/expected_macs_ratio": expected,
                            "train/hard_macs_ratio": hard / base, "train/target_macs": target}, batch_size=bs)
@@ -159,9 +159,15 @@ class GatesModule(TaskModule):
         return self._macs_ratio(real, torch.stack(kept, 1))
 
     @torch.no_grad()
-    def hard_macs_ratio(self, real: torch.Tensor) -> float:
-        """The batch's MACs ratio under the hard inference rule (:meth:`RankGates.hard_lengths`)."""
-        return float(self._macs_ratio(real, self.gates.hard_lengths(real).to(torch.float64)))
+    def hard_macs(self, real: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_batch_macs` of inputs of these (B,) real lengths under the hard inference rule
+        (:meth:`RankGates.hard_lengths`); ``weights`` (B,): how many inputs each length stands for."""
+        return self._batch_macs(real, self.gates.hard_lengths(real).to(torch.float64), weights)
+
+    def hard_macs_ratio(self, real: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+        """MACs over baseline MACs of :meth:`hard_macs`."""
+        macs, base = self.hard_macs(real, weights)
+        return float(macs / base)
 
     def stage_progress(self) -> float | None:
         """Share of the first stage done: training steps so far over the steps of its epochs (the configured
@@ -190,7 +196,7 @@ class GatesModule(TaskModule):
             counts = self.target.length_counts
             if self._trainer is not None and self.trainer.world_size > 1:
                 counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()
-            cal = self.target.calibrate(self.gates, self._macs_ratio, counts)
+            cal = self.target.calibrate(self.gates, self.hard_macs_ratio, counts)
             log.info("gates: cut to %d open gates: hard MACs ratio %.3f -> %.3f on the training lengths (target %g)",
                      cal["open_gates"], cal["ratio_before"], cal["ratio_after"], self.target.target)
         else:

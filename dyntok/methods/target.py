@@ -15,8 +15,8 @@ import torch
 
 from dyntok.core.gates import RankGates
 
-# (real lengths (N,), kept tokens per layer (N, L) float64, weights (N,)) -> MACs ratio (scalar tensor)
-RatioFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (real lengths (N,), inputs per length (N,)) -> their MACs ratio under the gates' hard rule
+RatioFn = Callable[[torch.Tensor, torch.Tensor], float]
 
 
 class MacsTarget:
@@ -77,6 +77,12 @@ class MacsTarget:
         equal values (gates the bi-modal term settled at 0 or 1) the lower significance rank, then the earlier
         layer, first.
 
+        Args:
+            gates: the rank gates to cut (snapped in place).
+            ratio: the MACs ratio of (lengths, inputs per length) under the gates' hard rule as they stand
+                (:meth:`dyntok.methods.gates.GatesModule.hard_macs_ratio`).
+            counts: training inputs per real length.
+
         Returns (also :attr:`calibration`): the gates left open, and the hard ratio before and after on those
         lengths.
 
@@ -91,10 +97,7 @@ class MacsTarget:
                                "tokens seen: nothing to cut the MACs target on")
         weights = counts[lengths]
 
-        def hard_ratio() -> float:
-            return float(ratio(lengths, gates.hard_lengths(lengths).to(torch.float64), weights))
-
-        before = hard_ratio()
+        before = ratio(lengths, weights)
         g = gates.values().detach().cpu()
         layer = torch.arange(g.size(0))[:, None].expand_as(g).flatten()
         rank = torch.arange(g.size(1))[None, :].expand_as(g).flatten()
@@ -111,7 +114,7 @@ class MacsTarget:
         def ratio_at(k: int) -> float:
             if k not in ratios:
                 snap(k)
-                ratios[k] = hard_ratio()
+                ratios[k] = ratio(lengths, weights)
             return ratios[k]
 
         lo, hi = 0, g.numel()  # the fewest open gates reaching the target
