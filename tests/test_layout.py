@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "dyntok"
-COMMANDS = {"run", "api", "bench", "compare", "report"}
+COMMANDS = {"run", "api", "bench", "compare", "report", "export"}
 # what each room may import from dyntok (besides itself and the shared errors / options modules)
 ALLOWED = {
     "core": set(),

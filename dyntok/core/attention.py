@@ -89,10 +89,13 @@ def attention_with_scores(
     qf, kt, vf = q.reshape(n, Q, dh), k.reshape(n, K, dh).transpose(1, 2), v.reshape(n, K, dh)
     if chunk_bytes is None:
         chunk_bytes = ATTN_CHUNK_BYTES if q.device.type == "cpu" else 1 << 62
-    step = max(1, chunk_bytes // (Q * K * q.element_size()))
+    if torch.compiler.is_exporting():  # symbolic sizes: one chunk (the runtime plans its own memory)
+        chunks = [slice(None)]
+    else:
+        step = max(1, chunk_bytes // (Q * K * q.element_size()))
+        chunks = [slice(i, i + step) for i in range(0, n, step)]
     ctxs, cols = [], []
-    for i in range(0, n, step):
-        sl = slice(i, i + step)
+    for sl in chunks:
         probs = torch.baddbmm(bias[sl], qf[sl], kt[sl], alpha=dh**-0.5).softmax(-1)
         if kw is not None:
             probs = probs * kw[sl]
@@ -118,6 +121,8 @@ def significance_order(
     s = scores.masked_fill(~mask, float("-inf"))
     if keep_cls:
         s = s.masked_fill(positions == 0, float("inf"))
+    if torch.compiler.is_exporting():  # ONNX has no stable sort; its TopK puts ties at the lower index first
+        return s.topk(s.size(1), dim=1, largest=True, sorted=True).indices
     return s.argsort(dim=1, descending=True, stable=True)
 
 

@@ -40,6 +40,7 @@ from dyntok.core.attention import (
     select_tokens,
     significance_scores,
 )
+from dyntok.core.lengths import non_increasing
 from dyntok.errors import ConfigError
 
 Significance = Literal["all_queries", "cls_query"]
@@ -84,7 +85,7 @@ class EncoderOutput:
     def cls(self) -> torch.Tensor:
         """(B, d) hidden state of the first input position ([CLS]); needs it to have been kept."""
         first = self.positions[:, 0] == 0
-        if not bool(first.all()):
+        if not torch.compiler.is_exporting() and not bool(first.all()):  # a graph cannot branch on it
             raise RuntimeError("[CLS] was dropped: use keep_cls=True for sequence classification")
         return self.hidden[:, 0]
 
@@ -178,6 +179,11 @@ class TokenDroppingEncoder(nn.Module):
     @property
     def config(self):
         return self.backbone.config
+
+    @property
+    def takes_token_types(self) -> bool:
+        """Whether :meth:`embed` reads ``token_type_ids`` (BERT: yes; RoBERTa, DistilBERT: no)."""
+        return bool(self._token_types)
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         """(B, T) ids -> (B, T, d) embeddings through the backbone's own embedding module."""
@@ -282,7 +288,7 @@ class TokenDroppingEncoder(nn.Module):
         """
         if lengths.shape != (real.size(0), self.num_layers):
             raise ConfigError(f"lengths must have shape ({real.size(0)}, {self.num_layers}), got {tuple(lengths.shape)}")
-        return torch.cummin(torch.minimum(lengths.to(real.device), real[:, None]).clamp(min=1), 1).values
+        return non_increasing(torch.minimum(lengths.to(real.device), real[:, None]).clamp(min=1))
 
     # ---- the steps of a forward pass (also run one by one by the search's prefix cache) ------------------
 

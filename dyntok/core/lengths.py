@@ -47,6 +47,17 @@ def ceil_share(share: float | torch.Tensor, n: int | torch.Tensor) -> int | torc
     return (s * n + PPM - 1) // PPM
 
 
+def non_increasing(counts: torch.Tensor) -> torch.Tensor:
+    """(B, L) the running minimum along the layers: each count at most the one before.
+
+    A loop over the L columns rather than ``torch.cummin``, which ONNX has no operator for.
+    """
+    cols = [counts[:, 0]]
+    for j in range(1, counts.size(1)):
+        cols.append(torch.minimum(cols[-1], counts[:, j]))
+    return torch.stack(cols, dim=1)
+
+
 @dataclass(frozen=True)
 class LengthConfig:
     """Per-layer kept-token counts (``unit="tokens"``) or retention ratios (``unit="ratio"``).
@@ -172,7 +183,7 @@ class LengthConfig:
             counts = vals.to(torch.long).expand(n.size(0), -1)
         floor = torch.clamp(n, max=self.min_tokens)
         counts = torch.maximum(torch.minimum(counts, n), floor)
-        return torch.cummin(counts, dim=1).values
+        return non_increasing(counts)
 
     def describe(self) -> str:
         """Short human-readable form, e.g. ``ratio[1, 1, .5, .5, .4, .4]``."""

@@ -12,7 +12,6 @@ files and the method's state (gates, or the length configuration the search chos
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,30 +24,8 @@ from dyntok.data.batches import batches_from_texts
 from dyntok.data.config import DataConfig
 from dyntok.errors import CheckpointError, ConfigError
 from dyntok.evaluation.evaluate import evaluate
+from dyntok.evaluation.predictions import Predictions
 from dyntok.methods.checkpoint import read_checkpoint
-
-
-@dataclass
-class Predictions:
-    """What :meth:`Predictor.predict` returns, one row per input text, in input order.
-
-    Attributes:
-        labels: class names (classification; the task's raw label values) or floats (regression).
-        probabilities: (N, num_labels) softmax probabilities; (N,) predicted values for regression.
-        macs: (N,) MACs each example cost with the checkpoint's length configuration: the whole task model
-            (encoder and head, :func:`dyntok.core.macs.model_macs`).
-        full_macs: (N,) the same count for the full model at each example's real length (the baseline):
-            ``macs / full_macs`` is the MACs ratio, 1.0 for the full model.
-        kept: (N, L) tokens kept after each layer.
-        input_lengths: (N,) real tokens of each input (after truncation to the task's ``max_length``).
-    """
-
-    labels: list[Any]
-    probabilities: np.ndarray
-    macs: np.ndarray
-    full_macs: np.ndarray
-    kept: np.ndarray
-    input_lengths: np.ndarray
 
 
 class Predictor:
@@ -122,25 +99,19 @@ class Predictor:
         batches, n_tok = batches_from_texts(self.tokenizer, firsts, seconds, self.max_length, batch_size)
         dims, problem = self.module.dims, self.task.problem
         L = self.module.model.num_layers
-        probs = [None] * len(texts)
+        logits: list[np.ndarray | None] = [None] * len(texts)
         macs, full, kept = np.zeros(len(texts)), np.zeros(len(texts)), np.zeros((len(texts), L), dtype=np.int64)
         for batch in batches:
             idx = batch.pop("index").numpy()
             out = self.forward({k: v.to(self.device) for k, v in batch.items()}, length_config)
-            p = out.logits.float() if problem == "regression" else out.logits.float().softmax(-1)
             n, k_ = out.encoder.input_lengths.cpu(), out.encoder.kept.cpu()
             m = model_macs(dims, n, k_, problem, inputs=out.encoder.inputs).numpy()
             f = model_macs(dims, n, n.unsqueeze(1).expand(-1, L), problem).numpy()
+            z = out.logits.float().cpu().numpy()
             for row, i in enumerate(idx):
-                probs[i] = p[row].cpu().numpy()
-                macs[i], full[i], kept[i] = m[row], f[row], k_[row].numpy()
-        probabilities = np.stack(probs)
-        if self.task.problem == "regression":
-            labels = probabilities.tolist()
-        else:
-            names = self.task.label_names or tuple(str(i) for i in range(self.task.num_labels))
-            labels = [names[i] for i in probabilities.argmax(-1)]
-        return Predictions(labels, probabilities, macs, full, kept, n_tok)
+                logits[i], macs[i], full[i], kept[i] = z[row], m[row], f[row], k_[row].numpy()
+        return Predictions.from_logits(np.stack(logits), problem, self.task.label_names or None, macs, full, kept,
+                                       n_tok)
 
     def datamodule(self, data_dir: str | None = None):
         """The run's :class:`~dyntok.data.DynTokDataModule` (its ``data`` config, this tokenizer), reading
