@@ -391,8 +391,9 @@ class TokenDroppingEncoder(nn.Module):
         q, k, v = heads(p.q(h)), heads(p.k(h)), heads(p.v(h))
         drop_p = p.attn_dropout_p if self.training else 0.0
         scores = None
-        if key_weight is not None or (need_scores and self.significance == "all_queries"):
-            # explicit probabilities: rank gates reweight them, significance scores read them
+        if key_weight is not None or (need_scores and self.significance == "all_queries") or torch.compiler.is_exporting():
+            # explicit probabilities: rank gates reweight them, significance scores read them; and in an
+            # exported graph, where the fused kernel's decomposition adds two passes over the probabilities
             ctx, scores = attention_with_scores(q, k, v, mask, drop_p, self.training, self.include_diagonal,
                                                 self.head_reduce, key_weight=key_weight)
         else:
