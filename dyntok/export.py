@@ -85,6 +85,8 @@ def export(source: str | Path, out: str | Path, length_config: Any = None, trust
     L = model.num_layers
     cfg = LengthConfig.parse(length_config, L, "--length-config") if length_config is not None else module.length_config
     gates = getattr(module, "gates", None) if cfg is None else None
+    if cfg is None and gates is None:  # the method's own static configuration (powerbert), None for full
+        cfg = module.reported_length_config()
     graph = InferenceGraph(model, cfg, gates).eval()
     inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if model.encoder.takes_token_types else [])
     outputs = output_names(task.problem)

@@ -203,6 +203,7 @@ class TokenDroppingEncoder(nn.Module):
         rank_gates: Sequence[torch.Tensor | None] | None = None,
         keep_by_rank: Sequence[torch.Tensor | None] | None = None,
         return_scores: bool = False,
+        soft_extract: bool = False,
     ) -> EncoderOutput:
         """Encode, dropping tokens as ``lengths`` (or ``keep_by_rank``) says.
 
@@ -233,6 +234,9 @@ class TokenDroppingEncoder(nn.Module):
                 gates (the tokens the training forward weights by 1). T' >= T. Not with ``lengths``.
             return_scores: compute every layer's significance scores and return them
                 (:attr:`EncoderOutput.scores`; e.g. for ranking distillation).
+            soft_extract: ``rank_gates`` scale each word vector by its rank's value after the attention
+                sub-layer (PoWER-BERT's soft extraction, Goyal et al. 2020, Sec. 3.3) instead of weighting it as
+                a key; nothing is removed and ``alive`` stays empty.
 
         Returns:
             :class:`EncoderOutput`.
@@ -274,7 +278,7 @@ class TokenDroppingEncoder(nn.Module):
                 all_scores.append(scores.new_full((B, T), float("-inf")).scatter_reduce(  # amax: padding
                     1, flow.positions, scores.masked_fill(~flow.mask, float("-inf")), "amax"))  # may share positions
             flow = self.advance(j, flow, a, scores, target, keep_cls, flags=flags, gate=gate,
-                                track_alive=rank_gates is not None)
+                                track_alive=rank_gates is not None and not soft_extract, soft_extract=soft_extract)
         out = self.finish(flow)
         if return_scores:
             out.scores = all_scores
@@ -315,9 +319,10 @@ class TokenDroppingEncoder(nn.Module):
 
     def advance(self, j: int, flow: Flow, a: torch.Tensor, scores: torch.Tensor | None,
                 target: Sequence[int] | None, keep_cls: bool, flags: torch.Tensor | None = None,
-                gate: torch.Tensor | None = None, track_alive: bool = False) -> Flow:
-        """The rest of layer j after :meth:`attend`: gate, drop to ``target`` (per example, clamped to the
-        tokens present), feed-forward, restore buffer."""
+                gate: torch.Tensor | None = None, track_alive: bool = False, soft_extract: bool = False) -> Flow:
+        """The rest of layer j after :meth:`attend`: gate (the key weight, or with ``soft_extract`` the word
+        vector), drop to ``target`` (per example, clamped to the tokens present), feed-forward, restore
+        buffer."""
         B = a.size(0)
         key_weight, positions, mask, counts, host_counts = (flow.key_weight, flow.positions, flow.mask,
                                                             flow.counts, flow.host_counts)
@@ -326,7 +331,10 @@ class TokenDroppingEncoder(nn.Module):
             g = gate[ranks] if gate.dim() == 1 else gate.gather(1, ranks)
             if keep_cls:
                 g = torch.where(positions == 0, torch.ones_like(g), g)
-            key_weight = g if key_weight is None else key_weight * g
+            if soft_extract:
+                a = a * g.unsqueeze(-1).to(a.dtype)
+            else:
+                key_weight = g if key_weight is None else key_weight * g
         if self.drops(flow, target):
             t_j = tuple(min(t, c) for t, c in zip(target, host_counts, strict=True))
             new_counts = torch.tensor(t_j, device=counts.device, dtype=counts.dtype)

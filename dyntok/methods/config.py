@@ -318,6 +318,32 @@ class CheckpointConfig:
             raise ConfigError(f"checkpoint.every_n_train_steps must be >= 1 or null, got {self.every_n_train_steps}")
 
 
+@dataclass
+class PowerBertConfig:
+    """PoWER-BERT's configuration search and re-training (Goyal et al. 2020;
+    :class:`dyntok.methods.powerbert.PowerBertModule`). Defaults: its SST-2 settings (IBM/PoWER-BERT
+    ``main.py``, ``training.py``, README)."""
+
+    regularizer_lambda: float = 2e-4
+    """lambda of the regularizer lambda * sum_j j * sum_k r_j[k] (unnormalised; SST-2: 2e-4)."""
+    retention_lr: float = 5e-4
+    """Learning rate of the retention values (``LR_SOFT_EXTRACT``; SST-2: 5e-4), warm-up then linear decay
+    like the encoder's (their ``AdamWarmup``)."""
+    max_length: int = DataConfig.max_length
+    """N, retention values per layer and the padded length the configuration is counted at
+    (``task.max_length``; their SST-2 pads to 64)."""
+    retrain_epochs: int = 1
+    """Epochs of the re-training stage with hard extraction, after ``trainer.max_epochs`` of the
+    configuration search."""
+
+    def __post_init__(self) -> None:
+        if self.regularizer_lambda < 0 or self.retention_lr <= 0 or self.max_length < 1 or self.retrain_epochs < 0:
+            raise ConfigError(
+                "method.regularizer_lambda must be >= 0, method.retention_lr > 0, method.max_length >= 1 and "
+                f"method.retrain_epochs >= 0, got {self.regularizer_lambda}, {self.retention_lr}, "
+                f"{self.max_length}, {self.retrain_epochs}")
+
+
 # ---- the Hydra nodes ---------------------------------------------------------------------------------------
 
 
@@ -349,6 +375,13 @@ class LengthDropNode(LengthDropConfig, TrainingConfig, _Method):
 
 
 @dataclass
+class PowerBertNode(PowerBertConfig, TrainingConfig, _Method):
+    """``method=powerbert``."""
+
+    _target_: str = "dyntok.methods.powerbert.PowerBertModule"
+
+
+@dataclass
 class DataNode(DataConfig):
     """The ``data`` node: :class:`dyntok.data.DynTokDataModule`'s options."""
 
@@ -356,13 +389,14 @@ class DataNode(DataConfig):
 
 
 def register_schemas() -> None:
-    """Put the nodes into Hydra's ConfigStore (``schema/method/{full,gates,lengthdrop}``, ``schema/data``,
+    """Put the nodes into Hydra's ConfigStore (``schema/method/{full,gates,lengthdrop,powerbert}``, ``schema/data``,
     ``schema/speedup``, ``schema/checkpoint``),
     where the shipped YAML files extend them. Idempotent."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    for name, node in (("full", FullNode), ("gates", GatesNode), ("lengthdrop", LengthDropNode)):
+    for name, node in (("full", FullNode), ("gates", GatesNode), ("lengthdrop", LengthDropNode),
+                       ("powerbert", PowerBertNode)):
         cs.store(group="schema/method", name=name, node=node)
     cs.store(group="schema", name="data", node=DataNode)
     cs.store(group="schema", name="speedup", node=SpeedupConfig)
