@@ -180,7 +180,7 @@ def _check_parity(out: Path, predictor, length_config, enc: dict[str, Any], inpu
     import torch
 
     with torch.no_grad():
-        ref = predictor.forward({k: v for k, v in enc.items()}, length_config)
+        ref = predictor.forward(dict(enc), length_config)
     logits, kept = ref.logits.float().numpy(), ref.encoder.kept.numpy()
     got = session(out / MODEL_FILE).run(None, {k: enc[k].numpy() for k in inputs})
     if problem == "span":
