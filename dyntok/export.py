@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from dyntok.errors import ConfigError, DyntokError
-from dyntok.evaluation.predictions import Predictions
+from dyntok.evaluation.predictions import Predictions, predict_inputs, split_pairs
 
 META_FILE = "dyntok_export.json"
 MODEL_FILE = "model.onnx"
@@ -72,12 +72,9 @@ def export(source: str | Path, out: str | Path, length_config: Any = None, trust
             ``atol``).
     """
     _require(*EXPORT_PACKAGES)
-    import torch
-
     import dyntok
     from dyntok.core.graph import InferenceGraph, output_names
     from dyntok.core.lengths import LengthConfig
-    from dyntok.core.macs import length_config_macs
 
     predictor = dyntok.load(source, trusted=trusted)
     module, task = predictor.module, predictor.task
@@ -99,20 +96,16 @@ def export(source: str | Path, out: str | Path, length_config: Any = None, trust
     predictor.tokenizer.save_pretrained(str(out))
 
     reported = cfg or module.reported_length_config()
-    dims = module.dims
     meta: dict[str, Any] = {
         "task": task.name, "problem": task.problem, "text_keys": list(task.text_keys),
         "labels": list(task.label_names) if task.problem == "classification" else None,
         "max_length": predictor.max_length, "inputs": inputs, "outputs": outputs,
         "rule": "length_config" if cfg is not None else "rank_gates" if gates is not None else "full",
         "length_config": reported.to_dict() if reported is not None else None,
-        "macs_ratio_padded": None, "source": str(source),
+        # the papers' count, as results.json's paper_macs_ratio
+        "macs_ratio_padded": module.paper_macs_ratio(cfg, predictor.max_length), "source": str(source),
         "versions": _versions(),
     }
-    if reported is not None:
-        n = torch.tensor([predictor.max_length])
-        meta["macs_ratio_padded"] = float(length_config_macs(dims, reported, n, task.problem, model.restore_mode)[0]
-                                          / length_config_macs(dims, LengthConfig.full(L), n, task.problem)[0])
     meta["parity"] = _check_parity(out, predictor, cfg, enc, inputs, task.problem, atol)
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
@@ -157,20 +150,11 @@ def session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _split(texts: list) -> tuple[list[str], list[str] | None]:
-    """Strings, or (first, second) pairs, as the tokenizer's two arguments."""
-    if texts and isinstance(texts[0], (tuple, list)):
-        return [t[0] for t in texts], [t[1] for t in texts]
-    return list(texts), None
-
-
-def _tokenize(tokenizer: Any, texts: list, max_length: int, tensors: str | None = None) -> dict[str, Any]:
+def _tokenize(tokenizer: Any, texts: list, max_length: int, tensors: str) -> dict[str, Any]:
     """The tokenizer's batch of ``texts`` truncated at ``max_length`` tokens, as dyntok's own batches
-    (:func:`dyntok.data.batches.batches_from_texts`) tokenize them; padded to the longest as ``tensors``
-    (``pt``, ``np``), or lists of ids when None."""
-    firsts, seconds = _split(texts)
-    if tensors is None:
-        return tokenizer(firsts, seconds, truncation=True, max_length=max_length)
+    (:func:`dyntok.data.batches.batches_from_texts`) tokenize them, padded to the longest as ``tensors``
+    (``pt``, ``np``)."""
+    firsts, seconds = split_pairs(texts)
     return tokenizer(firsts, seconds, truncation=True, max_length=max_length, padding=True, return_tensors=tensors)
 
 
@@ -246,22 +230,17 @@ class OnnxPredictor:
             ConfigError: a span model, no texts, or pairs for a single-sentence task or the reverse.
         """
         problem = self.meta["problem"]
-        if problem == "span":
-            raise ConfigError("predict() serves classification and regression; run span models with run()")
-        if not texts:
-            raise ConfigError("predict() got no texts")
-        pairs = isinstance(texts[0], (tuple, list))
-        if pairs != (len(self.meta["text_keys"]) == 2):
-            want = "(first, second) pairs" if len(self.meta["text_keys"]) == 2 else "single strings"
-            raise ConfigError(f"task {self.meta['task']} takes {want} ({', '.join(self.meta['text_keys'])})")
-        max_length = self.meta["max_length"]
-        lengths = np.array([len(ids) for ids in _tokenize(self.tokenizer, texts, max_length)["input_ids"]], dtype=np.int64)
+        firsts, seconds = predict_inputs(texts, self.meta["task"], self.meta["text_keys"], problem,
+                                         "run span models with run()")
+        # tokenized once, as dyntok's own batches are; each batch is padded from it
+        enc = self.tokenizer(firsts, seconds, truncation=True, max_length=self.meta["max_length"])
+        lengths = np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
         order = np.argsort(-lengths, kind="stable")
         parts: dict[int, list[np.ndarray]] = {}
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            enc = _tokenize(self.tokenizer, [texts[i] for i in idx], max_length, "np")
-            for i, row in zip(idx, zip(*self.run(enc), strict=True), strict=True):
+            batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="np")
+            for i, row in zip(idx, zip(*self.run(batch), strict=True), strict=True):
                 parts[int(i)] = list(row)
         logits, kept, macs, full = (np.stack([parts[i][c] for i in range(len(texts))]) for c in range(4))
         return Predictions.from_logits(logits, problem, tuple(self.meta["labels"] or ()) or None, macs, full, kept,
@@ -283,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     par = meta["parity"]
     print(f"wrote {Path(args.out) / MODEL_FILE} ({meta['rule']}; MACs ratio padded to {meta['max_length']}: "
-          f"{meta['macs_ratio_padded'] if meta['macs_ratio_padded'] is not None else 1.0:.3f}); ONNX Runtime "
+          f"{meta['macs_ratio_padded']:.3f}); ONNX Runtime "
           f"matches PyTorch on {par['texts']} texts (logits within {par['max_abs_logit_diff']:.1e})")
     return 0
 

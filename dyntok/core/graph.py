@@ -99,12 +99,13 @@ class InferenceGraph(nn.Module):
             tables = self.gates.open_table(real, T)
         h = enc.embed(input_ids, token_type_ids)
         mask, present = full_mask, real
-        positions = torch.arange(T, device=h.device).expand(B, T)
+        every = torch.arange(T, device=h.device).expand(B, T)  # every input position, in order
+        positions = every
         buffer = h if model.restore_mode is not None else None
         kept, inputs = [], []
         for j, p in enumerate(enc._parts):
             if model.restore_mode == "last_layer" and j == enc.num_layers - 1:
-                h, mask, positions, present = buffer, full_mask, torch.arange(T, device=h.device).expand(B, T), real
+                h, mask, positions, present = buffer, full_mask, every, real
             inputs.append(present)
             a, scores = enc._attention(p, h, mask, self.drops[j])
             if self.drops[j]:
@@ -130,7 +131,7 @@ class InferenceGraph(nn.Module):
                 buffer = buffer.scatter(1, positions.unsqueeze(-1).expand_as(new), new)
         kept_t, inputs_t = torch.stack(kept, 1), torch.stack(inputs, 1)
         if buffer is not None:
-            out = EncoderOutput(buffer, full_mask, torch.arange(T, device=h.device).expand(B, T), kept_t, real)
+            out = EncoderOutput(buffer, full_mask, every, kept_t, real)
         else:
             out = EncoderOutput(h, mask, positions, kept_t, real)
         logits = model.logits(out, attention_mask)

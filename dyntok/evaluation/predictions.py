@@ -3,10 +3,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from dyntok.errors import ConfigError
+
+
+def split_pairs(texts: Sequence[Any]) -> tuple[list[str], list[str] | None]:
+    """Strings, or (first, second) pairs, as a tokenizer's two arguments (seconds None for strings)."""
+    if texts and isinstance(texts[0], (tuple, list)):
+        return [t[0] for t in texts], [t[1] for t in texts]
+    return list(texts), None
+
+
+def predict_inputs(texts: Sequence[Any], task: str, text_keys: Sequence[str], problem: str, span_hint: str
+                   ) -> tuple[list[str], list[str] | None]:
+    """``texts`` given to a ``predict``, checked against the task and split as :func:`split_pairs`.
+
+    Raises:
+        ConfigError: a span task (``span_hint`` says what to use instead), no texts, or pairs for a
+            single-sentence task or the reverse.
+    """
+    if problem == "span":
+        raise ConfigError(f"predict() serves classification and regression; {span_hint}")
+    if not texts:
+        raise ConfigError("predict() got no texts")
+    firsts, seconds = split_pairs(texts)
+    if (seconds is not None) != (len(text_keys) == 2):
+        want = "(first, second) pairs" if len(text_keys) == 2 else "single strings"
+        raise ConfigError(f"task {task} takes {want} ({', '.join(text_keys)})")
+    return firsts, seconds
 
 
 @dataclass

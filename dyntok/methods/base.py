@@ -258,15 +258,16 @@ class TaskModule(L.LightningModule):
             self.log_dict({f"{split}/{k}": torch.tensor(v, dtype=torch.float64, device=self.device)
                            for k, v in vals.items()}, add_dataloader_idx=False, rank_zero_only=True)
 
-    def paper_macs_ratio(self) -> float:
+    def paper_macs_ratio(self, cfg: LengthConfig | None = None, max_length: int | None = None) -> float:
         """The tested configuration's encoder MACs on one input padded to ``max_length`` over the full model's
         there: the papers' count (the LAT code's torchprofile on an all-ones input; PoWER-BERT). It counts
-        padding that dyntok never runs; ``padded_macs_ratio`` is what dyntok executes against that baseline."""
+        padding that dyntok never runs; ``padded_macs_ratio`` is what dyntok executes against that baseline.
+        ``cfg`` / ``max_length``: another configuration / length (tokens) than the run's."""
         from dyntok.core.macs import length_config_macs
 
         L = self.model.num_layers
-        cfg = self.reported_length_config() or LengthConfig.full(L)
-        n, restore = torch.tensor([self._max_length()]), self.model.restore_mode
+        cfg = cfg or self.reported_length_config() or LengthConfig.full(L)
+        n, restore = torch.tensor([max_length or self._max_length()]), self.model.restore_mode
         return float(length_config_macs(self.dims, cfg, n, restore=restore)
                      / length_config_macs(self.dims, LengthConfig.full(L), n, restore=restore))
 

@@ -158,6 +158,6 @@ class PowerBertModule(TaskModule):
                             "max_length": self.retention.max_length,
                             "retention_mass": [round(v, 3) for v in values.sum(1).tolist()],
                             "configuration": self.current_configuration().to_dict(),
-                            "search_epochs": self.search_epochs() if self._trainer is not None else None}
+                            "search_epochs": self.search_epochs()}
         return out
 

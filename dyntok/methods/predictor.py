@@ -24,7 +24,7 @@ from dyntok.data.batches import batches_from_texts
 from dyntok.data.config import DataConfig
 from dyntok.errors import CheckpointError, ConfigError
 from dyntok.evaluation.evaluate import evaluate
-from dyntok.evaluation.predictions import Predictions
+from dyntok.evaluation.predictions import Predictions, predict_inputs
 from dyntok.methods.checkpoint import read_checkpoint
 
 
@@ -86,16 +86,8 @@ class Predictor:
             ConfigError: a span task (use :meth:`evaluate`), pairs for a single-sentence task or the
                 reverse, empty input, or a bad ``length_config``.
         """
-        if self.task.problem == "span":
-            raise ConfigError("predict() serves classification and regression; evaluate span QA with evaluate()")
-        if not texts:
-            raise ConfigError("predict() got no texts")
-        pairs = isinstance(texts[0], (tuple, list))
-        if pairs != (len(self.task.text_keys) == 2):
-            want = "(first, second) pairs" if len(self.task.text_keys) == 2 else "single strings"
-            raise ConfigError(f"task {self.task.name} takes {want} ({', '.join(self.task.text_keys)})")
-        firsts = [t[0] if pairs else t for t in texts]
-        seconds = [t[1] for t in texts] if pairs else None
+        firsts, seconds = predict_inputs(texts, self.task.name, self.task.text_keys, self.task.problem,
+                                         "evaluate span QA with evaluate()")
         batches, n_tok = batches_from_texts(self.tokenizer, firsts, seconds, self.max_length, batch_size)
         dims, problem = self.module.dims, self.task.problem
         L = self.module.model.num_layers
