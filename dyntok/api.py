@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from dyntok.errors import ConfigError, DyntokError
+from dyntok.errors import ConfigError, DyntokError, user_message
 from dyntok.methods.predictor import load
 
 
@@ -31,17 +31,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.length_config is not None and args.gates_from is not None:
         ap.error("give --length-config or --gates-from, not both")
     try:
-        pred = load(args.checkpoint, trusted=args.trust_checkpoint)
+        pred = load(args.checkpoint, trust_checkpoint=args.trust_checkpoint)
         lc = None
         if args.length_config is not None:
             lc = json.loads(args.length_config)
         if args.gates_from is not None:
-            lc = getattr(load(args.gates_from, trusted=args.trust_checkpoint).module, "gates", None)
+            lc = getattr(load(args.gates_from, trust_checkpoint=args.trust_checkpoint).module, "gates", None)
             if lc is None:
                 raise ConfigError(f"--gates-from {args.gates_from}: not a method=gates checkpoint")
         vals = pred.evaluate(args.split, args.data_dir, length_config=lc, max_examples=args.max_examples)
     except DyntokError as e:
-        print(f"dyntok: error: {e}", file=sys.stderr)
+        print(f"dyntok: error: {user_message(e, '--trust-checkpoint')}", file=sys.stderr)
         sys.exit(2)
     extra = {"gates_from": args.gates_from} if args.gates_from else {}
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, **extra, **vals}, indent=2))

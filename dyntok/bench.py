@@ -28,7 +28,7 @@ import torch
 from dyntok.core.lengths import LengthConfig
 from dyntok.core.macs import MacsReport, ModelDims, batch_macs
 from dyntok.core.model import DynTokModel, resolve_pretrained
-from dyntok.errors import CheckpointError, DataError, DyntokError
+from dyntok.errors import CheckpointError, DataError, DyntokError, user_message
 from dyntok.evaluation.results import environment
 from dyntok.evaluation.timing import pass_ms
 
@@ -67,17 +67,17 @@ def make_batches(
     return [{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")} for b in batches]
 
 
-def load_checkpoint(model: DynTokModel, path: str, trusted: bool = False) -> dict[str, int]:
+def load_checkpoint(model: DynTokModel, path: str, trust_checkpoint: bool = False) -> dict[str, int]:
     """Load model weights from a Lightning checkpoint (``state_dict``) or a plain state dict, matching keys
     by their longest suffix that names a parameter of ``model`` (so ``model.`` prefixes do not matter);
-    tensors and plain data only unless ``trusted`` (:func:`dyntok.methods.checkpoint.load_file`).
+    tensors and plain data only unless ``trust_checkpoint`` (:func:`dyntok.methods.checkpoint.load_file`).
 
     Raises:
         CheckpointError: the file holds no weight of this model, or is refused.
     """
     from dyntok.methods.checkpoint import load_file
 
-    state = load_file(path, trusted)
+    state = load_file(path, trust_checkpoint)
     state = state.get("state_dict", state)
     own = model.state_dict()
     matched = {}
@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trust_checkpoint=a.trust_checkpoint,
         )
     except DyntokError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"dyntok: error: {user_message(e, '--trust-checkpoint')}", file=sys.stderr)
         return 2
     print(format_table(result))
     with open(a.out, "w") as f:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dyntok.errors import DyntokError
+from dyntok.errors import DyntokError, user_message
 from dyntok.evaluation.frontier import compare_to_curve
 
 GOAL_REDUCTION = {"imdb": 4.0}  # fewer MACs (real-length baseline) per task ...
@@ -117,19 +117,19 @@ def train_step_ms(preds: dict[str, Any], batches: list[dict[str, torch.Tensor]],
 
 
 def _inference_memory(ckpt: str, split: str, data_dir: str | None, batch_size: int,
-                      max_examples: int | None) -> dict[str, float]:
+                      max_examples: int | None, trust_checkpoint: bool = False) -> dict[str, float]:
     """Resident memory (MB) of a fresh CPU process that loads ``ckpt`` and its data, then evaluates the
     split: ``rss_mb`` before the evaluation (weights, data, framework) and ``inference_mb``, what the
     evaluation added at its peak (:func:`dyntok.evaluation.timing.peak_memory_mb`). NaN where it cannot be measured."""
     import subprocess
 
-    code = ("import json,sys,dyntok; from dyntok.evaluation.timing import peak_memory_mb; p=dyntok.load(sys.argv[1]); "
+    code = ("import json,sys,dyntok; from dyntok.evaluation.timing import peak_memory_mb; p=dyntok.load(sys.argv[1], trust_checkpoint=sys.argv[6]=='1'); "
             "dm=p.datamodule(None if sys.argv[3]=='-' else sys.argv[3]); dm.setup(); "
             "before, peak = peak_memory_mb(lambda: p.evaluate(sys.argv[2], batch_size=int(sys.argv[4]), "
             "max_examples=None if sys.argv[5]=='-' else int(sys.argv[5]), datamodule=dm)); "
             "print(json.dumps({'rss_mb': before, 'inference_mb': peak - before}))")
     proc = subprocess.run([sys.executable, "-c", code, ckpt, split, data_dir or "-", str(batch_size),
-                           str(max_examples) if max_examples else "-"], capture_output=True, text=True)
+                           str(max_examples) if max_examples else "-", "1" if trust_checkpoint else "0"], capture_output=True, text=True)
     if proc.returncode != 0:
         warnings.warn(f"memory of {ckpt} not measured: {proc.stderr.strip().splitlines()[-1:]}", stacklevel=2)
         return {"rss_mb": float("nan"), "inference_mb": float("nan")}
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     metric = full_rec["main_metric"]
     split = args.split
     full_ckpt = tested_checkpoint(full_rec)
-    full = dyntok.load(full_ckpt)
+    full = dyntok.load(full_ckpt, trust_checkpoint=args.trust_checkpoint)
     dm, batches = _batches(full, split, args.data_dir, args.batch_size, args.max_examples)
     print(f"{len(batches)} batches of <= {args.batch_size} ({split}); timing {args.repeats} passes per point",
           file=sys.stderr)
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             add({"method": "extraction", "label": rec.get("label") if rec.get("label") not in (None, "full") else "extraction",
                            "config": lc.describe(), **measure(full, batches, lc, **kw)})
         elif rec["method"] == "gates":
-            pred = dyntok.load(tested_checkpoint(rec))
+            pred = dyntok.load(tested_checkpoint(rec), trust_checkpoint=args.trust_checkpoint)
             mu = (rec.get("gates") or {}).get("mu")
             add({"method": "gates" if mu else "gates (mu=0)", "label": rec.get("label") or "gates",
                            "lambda": (rec.get("gates") or {}).get("lambda"), "mu": mu,
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             preds.setdefault("gates", pred)
         elif rec["method"] == "lengthdrop":
             run_dir = Path(rec["path"])
-            pred = dyntok.load(tested_checkpoint(rec))
+            pred = dyntok.load(tested_checkpoint(rec), trust_checkpoint=args.trust_checkpoint)
             preds.setdefault("lengthdrop", pred)
             ref_len = pred.max_length
             if not (run_dir / "frontier.json").exists():  # no search in this run: the configuration it tested
@@ -234,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
     if args.memory:
         ckpts = {"full": full_ckpt, **{m: tested_checkpoint(next(r for r in records if r["method"] == m))
                                       for m in preds if m != "full"}}
-        memory = {m: _inference_memory(c, split, args.data_dir, args.batch_size, args.max_examples)
+        memory = {m: _inference_memory(c, split, args.data_dir, args.batch_size, args.max_examples,
+                                          args.trust_checkpoint)
                   for m, c in ckpts.items()}
     for p in points:
         base = p["method"].split(" ")[0]
@@ -359,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                     help="memory per method: resident before evaluating, and added at the evaluation's peak "
                          "(a fresh CPU process each)")
+    ap.add_argument("--trust-checkpoint", action="store_true",
+                    help="also load checkpoints holding more than tensors and plain data (they could run code)")
     ap.add_argument("--title", default=None, help="plot title (--replot)")
     ap.add_argument("--replot", metavar="JSON", default=None,
                     help="only draw the plots again from a .json this command wrote (no measuring)")
@@ -376,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except DyntokError as e:
-        print(f"dyntok: error: {e}", file=sys.stderr)
+        print(f"dyntok: error: {user_message(e, '--trust-checkpoint')}", file=sys.stderr)
         return 2
 
 

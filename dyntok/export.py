@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dyntok.errors import ConfigError, DyntokError
+from dyntok.errors import ConfigError, DyntokError, user_message
 from dyntok.evaluation.predictions import Predictions, predict_inputs, split_pairs
 
 META_FILE = "dyntok_export.json"
@@ -48,7 +48,7 @@ def _require(*packages: str) -> None:
                           f"(onnx, onnxruntime and onnxscript at the versions dyntok pins)")
 
 
-def export(source: str | Path, out: str | Path, length_config: Any = None, trusted: bool = False,
+def export(source: str | Path, out: str | Path, length_config: Any = None, trust_checkpoint: bool = False,
            atol: float = 1e-4) -> dict[str, Any]:
     """Export a checkpoint or run folder to ``out`` (see the module docstring) and check the ONNX graph
     against dyntok's PyTorch inference on a few texts.
@@ -76,7 +76,7 @@ def export(source: str | Path, out: str | Path, length_config: Any = None, trust
     from dyntok.core.graph import InferenceGraph, output_names
     from dyntok.core.lengths import LengthConfig
 
-    predictor = dyntok.load(source, trusted=trusted)
+    predictor = dyntok.load(source, trust_checkpoint=trust_checkpoint)
     module, task = predictor.module, predictor.task
     model = module.model.cpu().eval()
     L = model.num_layers
@@ -227,22 +227,25 @@ class OnnxPredictor:
         Batches are sorted by length (less padding); the results come back in input order.
 
         Raises:
-            ConfigError: a span model, no texts, or pairs for a single-sentence task or the reverse.
+            ConfigError: as :meth:`dyntok.methods.predictor.Predictor.predict` (a span model, no texts, a
+                text that is empty, not a string or not valid Unicode, pairs where strings are expected or the
+                reverse, ``batch_size`` < 1).
         """
         problem = self.meta["problem"]
         firsts, seconds = predict_inputs(texts, self.meta["task"], self.meta["text_keys"], problem,
-                                         "run span models with run()")
+                                         "run span models with run()", batch_size)
+        n = len(firsts)
         # tokenized once, as dyntok's own batches are; each batch is padded from it
         enc = self.tokenizer(firsts, seconds, truncation=True, max_length=self.meta["max_length"])
         lengths = np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
         order = np.argsort(-lengths, kind="stable")
         parts: dict[int, list[np.ndarray]] = {}
-        for start in range(0, len(texts), batch_size):
+        for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="np")
             for i, row in zip(idx, zip(*self.run(batch), strict=True), strict=True):
                 parts[int(i)] = list(row)
-        logits, kept, macs, full = (np.stack([parts[i][c] for i in range(len(texts))]) for c in range(4))
+        logits, kept, macs, full = (np.stack([parts[i][c] for i in range(n)]) for c in range(4))
         return Predictions.from_logits(logits, problem, tuple(self.meta["labels"] or ()) or None, macs, full, kept,
                                        lengths)
 
@@ -253,12 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder to write model.onnx, the tokenizer and dyntok_export.json")
     p.add_argument("--length-config", default=None,
                    help="a configuration instead of the checkpoint's own: a ratio, or one value per layer")
-    p.add_argument("--trusted", action="store_true", help="load a checkpoint holding more than tensors and data")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="also load a checkpoint holding more than tensors and plain data (it could run code)")
     args = p.parse_args(argv)
     try:
-        meta = export(args.source, args.out, args.length_config, args.trusted)
+        meta = export(args.source, args.out, args.length_config, args.trust_checkpoint)
     except DyntokError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"dyntok: error: {user_message(e, '--trust-checkpoint')}", file=sys.stderr)
         return 2
     par = meta["parity"]
     print(f"wrote {Path(args.out) / MODEL_FILE} ({meta['rule']}; MACs ratio padded to {meta['max_length']}: "

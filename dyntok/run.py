@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dyntok.errors import DyntokError
+from dyntok.errors import DyntokError, user_message
 from dyntok.methods.config import register_schemas
 from dyntok.methods.train import hydra_run_dir, train
 
@@ -50,14 +50,46 @@ def main(cfg: DictConfig) -> float | None:
 
             if rank_zero_only.rank == 0:  # under SLURM every task of a DDP job gets here
                 write_results(hydra_run_dir(), {"task": cfg.task.name, "method": cfg.method.name, "status": "failed",
-                                           "error": str(e)})
+                                           "error": user_message(e, "trust_checkpoint=true")})
             log.error("job failed: %s", e)
             return None
-        print(f"dyntok: error: {e}", file=sys.stderr)
+        print(f"dyntok: error: {user_message(e, 'trust_checkpoint=true')}", file=sys.stderr)
         sys.exit(2)
     split = record["splits"].get(record.get("main_split") or next(iter(record["splits"]), ""), {})
     return split.get(record["main_metric"])
 
 
+def composition_error(error: BaseException) -> str:
+    """A Hydra or OmegaConf error (a bad override, a wrongly typed value) as one line: what Hydra says and the
+    first line of its cause (``Error merging override regularizer.lambda=abc: Value 'abc' ... Float``)."""
+    text = str(error).split("Config search path")[0]  # Hydra's list of its search path: not for the user
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    parts = [" ".join(lines) if lines else type(error).__name__]  # e.g. "Could not find ... Available options: ..."
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        parts.append(str(cause).strip().splitlines()[0])
+    return ": ".join(parts)
+
+
+def cli() -> None:
+    """``python -m dyntok.run`` and ``dyntok``: :func:`main`, with a config that does not compose (a bad
+    override, a wrongly typed value) reported as one ``dyntok: error:`` line (exit status 2).
+    ``HYDRA_FULL_ERROR=1`` shows Hydra's own report with the stack trace instead."""
+    import os
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    full = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then re-raises what it would print in several lines
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as e:
+        if full:
+            raise
+        print(f"dyntok: error: {composition_error(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -39,7 +39,8 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASET
                                                    os.environ.get("PYTHONPATH")]))}
 # ~100 optimizer steps of the tiny model, a checkpoint every 4: long enough to be killed in the middle
 TRAIN = ["method=full", "model=tiny", "logger=csv", "data.max_train_samples=400", "data.max_eval_samples=40",
-         "data.batch_size=8", "trainer.max_epochs=2", "checkpoint.every_n_train_steps=4", "model.dropout=0.1"]
+         "data.batch_size=8", "trainer.max_epochs=2", "checkpoint.every_n_train_steps=4", "model.dropout=0.1",
+         "checkpoint.keep_all=true"]
 
 
 def _cmd(args: list[str]) -> list[str]:
@@ -167,7 +168,7 @@ def _recorded(overrides: list[str], run_dir: Path, out: Path, ckpt_path: Path | 
     from dyntok.methods.train import train
     from tests.test_run import _compose
 
-    rec = ["+callbacks.rec._target_=tests.callbacks.Recorder", f"+callbacks.rec.out={out}",
+    rec = ["checkpoint.keep_all=true", "+callbacks.rec._target_=tests.callbacks.Recorder", f"+callbacks.rec.out={out}",
            f"+callbacks.rec.checkpoints={run_dir / 'checkpoints'}"]
     return train(_compose([*overrides, *rec, *([f"ckpt_path={ckpt_path}"] if ckpt_path else [])]), run_dir)
 
@@ -359,8 +360,12 @@ def test_another_method_or_model_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="model=tiny, this run has model=minilm"):
         check_resumable(gates_ckpt, _tiny_module(GatesModule, regularizer={"lambda": 1.0, "mu": 0.1},
                                                  max_length=16), "minilm")
-    check_resumable(gates_ckpt, _tiny_module(GatesModule, regularizer={"lambda": 1.0, "mu": 0.1}, max_length=16),
-                    "tiny")
+    same = _tiny_module(GatesModule, regularizer={"lambda": 1.0, "mu": 0.1}, max_length=16)
+    with pytest.raises(CheckpointError, match="holds weights only"):  # no optimizer or loop state to resume
+        check_resumable(gates_ckpt, same, "tiny")
+    state = torch.load(gates_ckpt, weights_only=True)
+    torch.save({**state, "optimizer_states": [], "loops": {}}, tmp_path / "resumable.ckpt")
+    check_resumable(tmp_path / "resumable.ckpt", same, "tiny")
 
 
 # ---- using a checkpoint after training --------------------------------------------------------------
@@ -370,7 +375,7 @@ def test_another_method_or_model_is_refused(tmp_path):
 def tiny_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("tiny_run")
     args = ["method=full", "model=tiny", "logger=csv", "data.max_train_samples=64", "data.max_eval_samples=40",
-            "trainer.max_epochs=1", "data.batch_size=16"]
+            "trainer.max_epochs=1", "data.batch_size=16", "checkpoint.keep_all=true"]
     proc = subprocess.run(_cmd(args), cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return _run_dir(cwd)

@@ -59,8 +59,9 @@ def test_every_method_and_task_instantiates_against_the_code():
         assert module.task is task
 
 
-def _run(args: list[str], run_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def _run(args: list[str], run_dir: Path, timeout: int = 300, env: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "dyntok.run", *args, f"hydra.run.dir={run_dir}"],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
@@ -77,7 +78,9 @@ def test_tiny_model_trains_end_to_end_and_writes_results(tmp_path):
     assert test["padded_macs_ratio"] < 1.0  # short sentences are far below the padded length
     assert rec["versions"]["torch"] and rec["config"]["model"]["name"] == "tiny"
     assert "| rotten_tomatoes | full | test |" in proc.stdout
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    # once tested, the run keeps the tested model only (checkpoint.keep_all=false)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["final.ckpt"]
+    assert set(rec["pruned_checkpoints"]) == {"last.ckpt", f"{Path(rec['best_checkpoint']).name}"}
     speed = rec["speedup"]  # timed on the report split: the tested model against every token
     assert speed["split"] == "test" and speed["timed_examples"] == 24
     assert speed["measured_speedup"] == pytest.approx(speed["full_ms_per_example"] / speed["ms_per_example"])

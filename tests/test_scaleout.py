@@ -115,7 +115,7 @@ def test_macs_report_sums_over_processes():
 def test_ddp_evaluation_equals_single_process(tmp_path):
     """Train and test under plain ddp; evaluate the same best checkpoint with 1 process and with ddp_spawn."""
     trained = tmp_path / "train"
-    proc = _run([*GATES, *TWO_CPUS, "trainer.strategy=ddp"], trained)
+    proc = _run([*GATES, *TWO_CPUS, "trainer.strategy=ddp", "checkpoint.keep_all=true"], trained)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = _results(trained)
     ckpts = sorted(p.name for p in (trained / "checkpoints").iterdir())
@@ -145,7 +145,7 @@ def test_ddp_lengthdrop_search_on_rank_zero_reaches_every_process(tmp_path):
               "method.search.budget=0.6"]
     base = [o for o in GATES if not o.startswith("method")] + search
     trained = tmp_path / "train"
-    proc = _run([*base, *TWO_CPUS, "trainer.strategy=ddp"], trained, timeout=150)
+    proc = _run([*base, *TWO_CPUS, "trainer.strategy=ddp", "checkpoint.keep_all=true"], trained, timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = _results(trained)
     tested = rec["best_checkpoint"] if rec["tested_weights"] == "best" else trained / "checkpoints" / "last.ckpt"

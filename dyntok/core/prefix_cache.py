@@ -68,6 +68,11 @@ class PrefixCache:
         self._bytes = 0
         self.layers_run = self.layers_reused = self.attention_reused = 0
 
+    def release(self) -> None:
+        """Drop every cached entry (the counters stay): the memory goes back before another cache fills."""
+        self._store.clear()
+        self._bytes = 0
+
     def _get(self, key: tuple) -> Any:
         if key in self._store:
             self._store.move_to_end(key)

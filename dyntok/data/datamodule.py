@@ -54,6 +54,7 @@ from dyntok.data.config import MIN_LENGTH, DataConfig
 from dyntok.data.readers import (
     GLUE_LAYOUTS,
     RawSplit,
+    check_glue_hub,
     load_glue_hub,
     movie_csv_path,
     read_glue_tsv,
@@ -108,6 +109,23 @@ class DynTokDataModule(lightning.LightningDataModule):
             except (OSError, ValueError) as e:
                 raise ConfigError(f"data.tokenizer={self.hparams.tokenizer!r}: cannot load it ({e})") from None
         return self._tokenizer
+
+    def check_sources(self) -> None:
+        """Check, in a second or two, that the task's data can be found (before a model loads for nothing).
+
+        Raises:
+            DataError: a missing ``data_dir`` folder or file, or a hub dataset that cannot be had.
+        """
+        sources = self._sources()
+        if "hub" in sources and self.task.glue_dir is not None and self._splits is None:
+            cache = self._cache_path(sources)
+            if cache is None or not cache.exists():  # tokenized earlier: the hub is not needed
+                check_glue_hub(self.task)
+
+    def use_tokenizer(self, tokenizer) -> None:
+        """Tokenize with ``tokenizer`` (already loaded, e.g. a checkpoint's) instead of loading
+        ``data.tokenizer``; the tokenization cache still keys on ``data.tokenizer`` and the vocabulary size."""
+        self._tokenizer = tokenizer
 
     @property
     def doc_stride(self) -> int:

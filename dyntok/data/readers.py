@@ -172,6 +172,10 @@ def read_glue_tsv(path: Path, spec: TaskSpec, empty_text: str = "error") -> RawS
         raise DataError(f"{path}:{reader.line_num}: {e}") from None
     if names is None:
         raise DataError(f"{path}: file is empty; expected a GLUE {spec.glue_dir} TSV file")
+    if not texts:
+        why = f"all {checker.skipped} had empty text" if checker.skipped else "the file has a header only"
+        raise DataError(f"{path}: no data rows ({why}); expected a GLUE {spec.glue_dir} TSV file with rows after "
+                        "its header")
     checker.report(str(path))
     return _raw(spec, texts, labels)
 
@@ -217,6 +221,31 @@ def read_movie_reviews(spec: TaskSpec, empty_text: str = "error") -> RawSplit:
     return _raw(spec, texts, labels)
 
 
+def _no_hub_data(spec: TaskSpec, e: Exception) -> DataError:
+    name, config = spec.hub
+    files = ", ".join(f for _, f in GLUE_LAYOUTS[spec.name].files)
+    return DataError(
+        f"no data for task {spec.name}: data.data_dir is not set (a local copy is read from "
+        f"<data_dir>/{spec.glue_dir}/{{{files}}} in the GLUE layout), and the hub dataset {name} "
+        f"(config {config}) could not be loaded: {type(e).__name__}: {' '.join(str(e).split())}")
+
+
+def check_glue_hub(spec: TaskSpec) -> None:
+    """Fail fast (a second or two) when a GLUE task's hub dataset cannot be had: offline and not cached, or
+    the hub unreachable.
+
+    Raises:
+        DataError: naming both data sources, as :func:`load_glue_hub`.
+    """
+    assert spec.hub is not None and spec.glue_dir is not None
+    try:
+        import datasets
+
+        datasets.load_dataset_builder(*spec.hub)
+    except Exception as e:  # offline, no cache, hub down: all lead to the same advice
+        raise _no_hub_data(spec, e) from None
+
+
 def load_glue_hub(spec: TaskSpec, empty_text: str, splits: tuple[str, ...]) -> dict[str, RawSplit]:
     """Splits of a GLUE task from the Hugging Face hub; raises DataError naming both data sources."""
     assert spec.hub is not None and spec.glue_dir is not None
@@ -226,12 +255,7 @@ def load_glue_hub(spec: TaskSpec, empty_text: str, splits: tuple[str, ...]) -> d
 
         hub = datasets.load_dataset(name, config)
     except Exception as e:  # offline, no cache, hub down: all lead to the same advice
-        files = ", ".join(f for _, f in GLUE_LAYOUTS[spec.name].files)
-        raise DataError(
-            f"no data for task {spec.name}: data.data_dir is not set (a local copy is read from "
-            f"<data_dir>/{spec.glue_dir}/{{{files}}} in the GLUE layout), and the hub dataset {name} "
-            f"(config {config}) could not be loaded: {type(e).__name__}: {' '.join(str(e).split())}"
-        ) from None
+        raise _no_hub_data(spec, e) from None
     out = {}
     for split in splits:
         table = hub[HUB_SPLITS[split]]

@@ -19,23 +19,54 @@ def split_pairs(texts: Sequence[Any]) -> tuple[list[str], list[str] | None]:
     return list(texts), None
 
 
-def predict_inputs(texts: Sequence[Any], task: str, text_keys: Sequence[str], problem: str, span_hint: str
-                   ) -> tuple[list[str], list[str] | None]:
-    """``texts`` given to a ``predict``, checked against the task and split as :func:`split_pairs`.
+def _text(value: Any, where: str) -> str:
+    """One text of a ``predict`` call, checked as the data readers check theirs (non-empty, valid Unicode)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"predict(): {where} is {type(value).__name__} {value!r:.40}, expected a string")
+    if not value.strip():
+        raise ConfigError(f"predict(): {where} is empty (the data readers refuse empty text too)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"predict(): {where} is not valid Unicode ({e.reason} at character {e.start})") from None
+    return value
+
+
+def predict_inputs(texts: str | Sequence[Any], task: str, text_keys: Sequence[str], problem: str, span_hint: str,
+                   batch_size: int = 1) -> tuple[list[str], list[str] | None]:
+    """``texts`` given to a ``predict``, checked against the task and split as :func:`split_pairs`: a list of
+    strings (a bare string is one text) or of (first, second) pairs; ``batch_size``: the call's batch size.
 
     Raises:
-        ConfigError: a span task (``span_hint`` says what to use instead), no texts, or pairs for a
-            single-sentence task or the reverse.
+        ConfigError: a span task (``span_hint`` says what to use instead), no texts, a text that is not a
+            non-empty valid Unicode string (naming its index), pairs for a single-sentence task or the reverse,
+            or ``batch_size`` < 1.
     """
     if problem == "span":
         raise ConfigError(f"predict() serves classification and regression; {span_hint}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"predict(): batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(texts, str):
+        texts = [texts]
+    if isinstance(texts, (bytes, dict)) or not isinstance(texts, Sequence):
+        raise ConfigError(f"predict(): texts must be a list of strings or of (first, second) pairs, got "
+                          f"{type(texts).__name__}")
     if not texts:
         raise ConfigError("predict() got no texts")
-    firsts, seconds = split_pairs(texts)
-    if (seconds is not None) != (len(text_keys) == 2):
-        want = "(first, second) pairs" if len(text_keys) == 2 else "single strings"
-        raise ConfigError(f"task {task} takes {want} ({', '.join(text_keys)})")
-    return firsts, seconds
+    pairs = len(text_keys) == 2
+    firsts: list[str] = []
+    seconds: list[str] = []
+    for i, t in enumerate(texts):
+        if isinstance(t, (tuple, list)) != pairs or (pairs and len(t) != 2):
+            want = "(first, second) pairs" if pairs else "single strings"
+            raise ConfigError(f"predict(): task {task} takes {want} ({', '.join(text_keys)}); texts[{i}] is "
+                              f"{type(t).__name__} {t!r:.60}")
+        if pairs:
+            firsts.append(_text(t[0], f"texts[{i}][0]"))
+            seconds.append(_text(t[1], f"texts[{i}][1]"))
+        else:
+            firsts.append(_text(t, f"texts[{i}]"))
+    return firsts, seconds if pairs else None
 
 
 @dataclass

@@ -88,3 +88,30 @@ def peak_memory_mb(fn: Callable[[], Any]) -> tuple[float, float]:
     return before, _status_mb("VmHWM")
 
 
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX: ``avx512_bf16`` / ``amx_bf16`` in
+    ``/proc/cpuinfo``); None where that cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def bf16_cost(forward: Callable[[Batch], Any], batch: Batch, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Milliseconds of ``forward`` on one ``batch`` in float32 and under bfloat16 autocast (the faster of two
+    passes each, taking turns), and their ratio ``bf16_slowdown`` (> 1: bfloat16 is slower here, as on a CPU
+    without AVX-512 BF16 or AMX)."""
+    import contextlib
+
+    dev = torch.device(device)
+    modes = {"fp32": contextlib.nullcontext, "bf16": lambda: torch.autocast(dev.type, dtype=torch.bfloat16)}
+    best = dict.fromkeys(modes, float("inf"))
+    for _ in range(2):
+        for name, ctx in modes.items():
+            with ctx():
+                best[name] = min(best[name], pass_ms(forward, [batch], dev)[0])
+    return {"fp32_ms": best["fp32"], "bf16_ms": best["bf16"], "bf16_slowdown": best["bf16"] / best["fp32"]}

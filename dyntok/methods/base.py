@@ -366,6 +366,11 @@ class TaskModule(L.LightningModule):
         return self._tok_files
 
     # ---- reporting -------------------------------------------------------------------------------
+    def result_warnings(self, splits: dict[str, dict[str, float]]) -> list[str]:
+        """What a reader of the test results must know (logged, and ``warnings`` in ``results.json``), from
+        ``splits`` (split -> metrics and MACs ratios). Default: nothing."""
+        return []
+
     def summary(self) -> dict[str, Any]:
         """Method-specific fields for ``results.json`` (learned length configuration, gate statistics)."""
         cfg = self.reported_length_config()

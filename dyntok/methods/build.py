@@ -39,18 +39,29 @@ def instantiate(node: DictConfig, **extra: Any) -> Any:
     return cls(**params, **extra)
 
 
-def build_method(cfg: DictConfig, model, task, run_config: dict[str, Any] | None = None):
-    """The method's LightningModule from the ``method`` group, on ``model`` for ``task``; the run's
-    ``eval_length_config`` (when set) is its test-time ``length_config``. ``run_config``: the resolved run
-    config the module stores in its checkpoints."""
-    cls, params = _target(cfg.method)
-    params.pop("name", None)
+def test_length_config(cfg: DictConfig | dict[str, Any], num_layers: int):
+    """The test-time length configuration a run config sets: ``eval_length_config`` (any method) over
+    ``method.length_config``; None when neither is set (the method's own rule).
+
+    Raises:
+        ConfigError: a value :meth:`~dyntok.core.lengths.LengthConfig.parse` cannot read (naming its key).
+    """
     from dyntok.core.lengths import LengthConfig
 
-    # the test-time configuration: the run's eval_length_config (any method) over the method's own
-    for key, value in (("method.length_config", params.get("length_config")),
-                       ("eval_length_config", cfg.get("eval_length_config"))):
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    for key, value in (("eval_length_config", cfg.get("eval_length_config")),
+                       ("method.length_config", (cfg.get("method") or {}).get("length_config"))):
         if value is not None:
             value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-            params["length_config"] = LengthConfig.parse(value, model.num_layers, key)
+            return LengthConfig.parse(value, num_layers, key)
+    return None
+
+
+def build_method(cfg: DictConfig, model, task, run_config: dict[str, Any] | None = None):
+    """The method's LightningModule from the ``method`` group, on ``model`` for ``task``; its test-time
+    ``length_config`` is :func:`test_length_config`. ``run_config``: the resolved run config the module
+    stores in its checkpoints."""
+    cls, params = _target(cfg.method)
+    params.pop("name", None)
+    params["length_config"] = test_length_config(cfg, model.num_layers)
     return cls(model=model, task=task, run_config=run_config, **params)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from dyntok.errors import CheckpointError
+from dyntok.errors import CheckpointError, UntrustedCheckpointError
 
 
 def run_checkpoint(run_dir: str | Path) -> Path:
@@ -52,31 +52,44 @@ def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
 
 
-def load_file(path: str | Path, trusted: bool = False) -> Any:
-    """``torch.load`` of a checkpoint file onto the CPU: tensors and plain containers only, unless ``trusted``
-    (unpickling an arbitrary object can run code, and checkpoints are shared between people). Every
-    checkpoint dyntok writes loads this way.
+def load_file(path: str | Path, trust_checkpoint: bool = False) -> Any:
+    """``torch.load`` of a checkpoint file onto the CPU: tensors and plain containers only, unless
+    ``trust_checkpoint`` (unpickling an arbitrary object can run code, and checkpoints are shared between
+    people). Every checkpoint dyntok writes loads this way.
 
     Raises:
-        CheckpointError: the file cannot be read, or holds another type (named in the message; give
-            ``trust_checkpoint=true`` / ``dyntok.load(path, trusted=True)`` for a file you vouch for).
+        UntrustedCheckpointError: the file holds another type (named in the message, with the opt-in).
+        CheckpointError: the file is missing, empty, not written by ``torch.save``, or cannot be read.
     """
     import pickle
 
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes): a copy or a save that did not finish; use "
+                              "another checkpoint of the run (checkpoints/final.ckpt, last.ckpt, best-*.ckpt)")
+    if head != _ZIP_MAGIC and head[:1] != _PICKLE_PROTO:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (a file written by torch.save starts with a zip "
+                              f"or pickle header; this one starts with {head!r})")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trusted)
+        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
         refused = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line),
-                       str(e).splitlines()[0] if str(e) else "an object")
-        raise CheckpointError(
-            f"{path}: refused to load: it holds more than tensors and plain data ({refused}); loading it could run "
-            "code from it. If you trust the file, pass trust_checkpoint=true (Python: dyntok.load(path, "
-            "trusted=True))") from None
+                       "an object")
+        raise UntrustedCheckpointError(path, refused) from None
     except Exception as e:  # noqa: BLE001 - any other failure to read means the same thing to the user
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else e!r}") from None
 
 
-def read_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, Any]:
+_ZIP_MAGIC, _PICKLE_PROTO = b"PK\x03\x04", b"\x80"  # torch.save's formats (zip since torch 1.6; legacy pickle)
+
+
+def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Any]:
     """Load a Lightning checkpoint written by dyntok (a ``.ckpt`` file, or a run folder: :func:`run_checkpoint`)
     with :func:`load_file`.
 
@@ -88,7 +101,7 @@ def read_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, Any]:
         path = run_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    state = load_file(path, trusted)
+    state = load_file(path, trust_checkpoint)
     if "state_dict" not in state or "dyntok" not in state:
         raise CheckpointError(f"{path} is not a dyntok checkpoint (no 'dyntok' metadata)")
     state["path"] = str(path)
@@ -113,6 +126,34 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
 
 # checkpoints written before the method name was stored name the module's class instead
 _LEGACY_METHODS = {"FullFineTuning": "full", "GatesModule": "gates", "LengthDropModule": "lengthdrop"}
+
+
+def stored_run_config(state: dict[str, Any]) -> dict[str, Any]:
+    """The run config a checkpoint stores, in today's form (:func:`upgrade_config`), once its method is known
+    to be one of dyntok's own: the method it records by name (``full``, ``gates``, ``lengthdrop``,
+    ``powerbert``) with that method's class as ``method._target_``. Nothing the file names is imported.
+
+    Raises:
+        CheckpointError: no run config stored, or a method (name or class) that is not dyntok's.
+    """
+    from dyntok.methods.config import METHOD_NODES
+
+    meta, path = state["dyntok"], state.get("path", "checkpoint")
+    cfg = meta.get("config")
+    if not cfg:
+        raise CheckpointError(f"{path}: no run config stored; "
+                              "evaluate it with python -m dyntok.run train=false init_from=...")
+    cfg = upgrade_config(cfg)
+    name, node = method_of(meta), cfg.get("method") or {}
+    if name not in METHOD_NODES:
+        raise CheckpointError(f"{path}: refused: the checkpoint records method {name!r}; dyntok loads only its own "
+                              f"methods ({', '.join(METHOD_NODES)})")
+    target = METHOD_NODES[name]._target_
+    if node.get("name", name) != name or node.get("_target_", target) != target:
+        raise CheckpointError(f"{path}: refused: its method config names {node.get('name')!r} with class "
+                              f"{node.get('_target_')!r}; a method={name} checkpoint builds {target} only")
+    node["_target_"] = target
+    return cfg
 
 
 def method_of(meta: dict[str, Any]) -> str:
@@ -156,33 +197,40 @@ def _check_model_and_task(state: dict[str, Any], module, model_name: str | None 
     return meta
 
 
-def check_resumable(path: str | Path, module, model_name: str | None = None, trusted: bool = False) -> None:
-    """Refuse to resume training (``ckpt_path=`` or ``last.ckpt``) from another method, model or task.
+def check_resumable(path: str | Path, module, model_name: str | None = None, trust_checkpoint: bool = False) -> None:
+    """Refuse to resume training (``ckpt_path=`` or ``last.ckpt``) from another method, model or task, or from
+    a checkpoint without training state (weights only).
 
     Raises:
         CheckpointError: naming the checkpoint and what differs.
     """
-    state = read_checkpoint(path, trusted)
+    state = read_checkpoint(path, trust_checkpoint)
     meta = _check_model_and_task(state, module, model_name)
     if method_of(meta) != module.method_name:
         raise CheckpointError(
             f"{state['path']}: checkpoint of method={method_of(meta)} cannot resume "
             f"method={module.method_name} (start from it with init_from= instead)"
         )
+    if "optimizer_states" not in state or "loops" not in state:
+        raise CheckpointError(
+            f"{state['path']}: holds weights only (no optimizer or loop state: a run's final.ckpt, or a "
+            "weights-only save), so training cannot resume from it; rerun the run's own command to resume from "
+            f"its checkpoints/last.ckpt, or start a new run from these weights with init_from={state['path']}")
 
 
-def load_init_weights(module, path: str | Path, model_name: str | None = None, trusted: bool = False
+def load_init_weights(module, path: str | Path, model_name: str | None = None, trust_checkpoint: bool = False
                       ) -> dict[str, Any]:
     """Copy the task model's weights from a dyntok checkpoint into ``module`` (``init_from=``).
 
-    From the same method everything is loaded (gates too, and the length configuration it chose); from a
+    From the same method everything is loaded (gates too, the length configuration it chose, and the test-time
+    configuration its run set, unless this run sets its own: the rule of ``dyntok.load``); from a
     ``method=full`` checkpoint only the ``model.*`` weights, which is how gates and LengthDrop start from
     a fine-tuned model. Any other pairing would silently drop what the checkpoint learned, so it is refused.
 
     Raises:
         CheckpointError: another model (name, depth or width), task head, method, or missing weights.
     """
-    state = read_checkpoint(path, trusted)
+    state = read_checkpoint(path, trust_checkpoint)
     meta = _check_model_and_task(state, module, model_name)
     source = method_of(meta)
     if source not in (module.method_name, "full"):
@@ -193,6 +241,11 @@ def load_init_weights(module, path: str | Path, model_name: str | None = None, t
     if source == module.method_name:
         # Same method: everything it learned (gates too), and what it chose (length configuration).
         restore(module, state, state["path"], strict=False)
+        if module.length_config is None:  # as dyntok.load: the configuration the source was tested with
+            from dyntok.methods.build import test_length_config
+
+            module.length_config = test_length_config(upgrade_config(meta.get("config") or {}),
+                                                      module.model.num_layers)
     else:
         missing, _ = module.model.load_state_dict(model_weights(state), strict=False)
         if missing:

@@ -96,7 +96,9 @@ class SearchConfig:
     racing_z: float = 3.0
     """Racing stops a gene when accuracy + racing_z binomial standard errors is below the frontier."""
     cache_mb: float = 1024
-    """Bound (MB) on the layers the search keeps to share between genes (0: none; the scores are the same)."""
+    """Bound (MB) on the layers the search keeps to share between genes, for the whole process: the search,
+    the re-scoring and the curves each release their cache before the next fills (0: none; the scores are the
+    same)."""
     eval_batch_size: int = 128
     """Batch size of the scoring passes."""
     curves: bool = True
@@ -310,6 +312,10 @@ class CheckpointConfig:
     every_n_train_steps: int | None = 200
     """Also write ``last.ckpt`` every this many optimizer steps inside an epoch (null: only after each
     validation and at each epoch's end); a killed run loses at most that many steps."""
+    keep_all: bool = False
+    """After the run has tested, keep ``best-*.ckpt`` and ``last.ckpt`` (optimizer state included) beside
+    ``final.ckpt``; false keeps ``final.ckpt`` only: what ``dyntok.load``, compare, export, ``init_from`` and a
+    rerun of the same command (which then tests it again) need."""
 
     def __post_init__(self) -> None:
         if self.save_top_k < -1:
@@ -388,16 +394,25 @@ class DataNode(DataConfig):
     _target_: str = "dyntok.data.DynTokDataModule"
 
 
+# dyntok's methods by their ``method=`` name: the only classes a checkpoint may name
+METHOD_NODES: dict[str, type] = {"full": FullNode, "gates": GatesNode, "lengthdrop": LengthDropNode,
+                                 "powerbert": PowerBertNode}
+
+
 def register_schemas() -> None:
     """Put the nodes into Hydra's ConfigStore (``schema/method/{full,gates,lengthdrop,powerbert}``, ``schema/data``,
     ``schema/speedup``, ``schema/checkpoint``),
     where the shipped YAML files extend them. Idempotent."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import DictConfig
 
     cs = ConfigStore.instance()
-    for name, node in (("full", FullNode), ("gates", GatesNode), ("lengthdrop", LengthDropNode),
-                       ("powerbert", PowerBertNode)):
+    for name, node in METHOD_NODES.items():
         cs.store(group="schema/method", name=name, node=node)
+    # lambda is a Python keyword, so no dataclass field: a dict node whose values must be floats
+    cs.store(group="schema", name="regularizer",
+             node=DictConfig(GatesConfig.__dataclass_fields__["regularizer"].default_factory(), element_type=float,
+                             key_type=str))
     cs.store(group="schema", name="data", node=DataNode)
     cs.store(group="schema", name="speedup", node=SpeedupConfig)
     cs.store(group="schema", name="checkpoint", node=CheckpointConfig)

@@ -153,10 +153,14 @@ class SearchStore:
     """Evaluated genes in a JSON-lines file, one ``{"gene", "macs", "score"}`` per line (``"raced": true`` for a
     gene whose scoring racing stopped early: its score is that of the examples scored).
 
-    A half-written last line (the process was killed while writing) is ignored.
+    A half-written last line (the process was killed while writing) is cut off before anything is appended,
+    so a later record starts on a line of its own; ``<store>.meta.json`` (the search that wrote the store) is
+    replaced atomically.
 
     Raises:
-        DataError: a line other than the last is not valid JSON (names file and line).
+        DataError: a line other than the last is not a search record, or the meta file is not JSON (names the
+            file and line).
+        ConfigError: the store was written by another search (its meta differs from ``meta``).
     """
 
     def __init__(self, path: str | os.PathLike | None, meta: dict[str, Any] | None = None) -> None:
@@ -168,26 +172,47 @@ class SearchStore:
         meta_path = self.path.with_suffix(".meta.json")
         if meta is not None:
             if meta_path.exists() and self.path.exists():
-                old = json.loads(meta_path.read_text())
+                try:
+                    old = json.loads(meta_path.read_text())
+                except ValueError:
+                    raise DataError(f"{meta_path}: not JSON (a torn write); delete it together with {self.path} to "
+                                    "search afresh") from None
                 if old != json.loads(json.dumps(meta)):
                     raise ConfigError(
                         f"search store {self.path} was written by another search ({old}); use a new "
                         f"search.store or delete it"
                     )
-            meta_path.write_text(json.dumps(meta))
+            tmp = meta_path.with_name(meta_path.name + ".tmp")
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, meta_path)
         if self.path.exists():
-            lines = self.path.read_text().splitlines()
-            for i, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    if i == len(lines):
-                        break
-                    raise DataError(f"{self.path}:{i}: not a JSON search record") from None
-                p = Point(tuple(rec["gene"]), float(rec["macs"]), float(rec["score"]))
-                self.points[p.gene] = p
+            self._read()
+
+    def _read(self) -> None:
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        complete, tail = lines[:-1], lines[-1]  # tail: bytes after the last newline (a torn record, or nothing)
+        for i, line in enumerate(complete, 1):
+            if line.strip():
+                self._add_line(line, i, torn_ok=False)
+        if tail.strip() and self._add_line(tail, len(lines), torn_ok=True):
+            with self.path.open("ab") as f:  # a whole record that lost its newline: end its line
+                f.write(b"\n")
+        elif tail:
+            with self.path.open("r+b") as f:  # a torn record: cut it, so the next one starts a line
+                f.truncate(len(data) - len(tail))
+
+    def _add_line(self, line: bytes, number: int, torn_ok: bool) -> bool:
+        try:
+            rec = json.loads(line)
+            p = Point(tuple(rec["gene"]), float(rec["macs"]), float(rec["score"]))
+        except (ValueError, KeyError, TypeError):
+            if torn_ok:
+                return False
+            raise DataError(f"{self.path}:{number}: not a JSON search record "
+                            '({"gene": [...], "macs": ..., "score": ...})') from None
+        self.points[p.gene] = p
+        return True
 
     def __contains__(self, gene: Gene) -> bool:
         return gene in self.points

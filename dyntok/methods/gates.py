@@ -288,6 +288,26 @@ class GatesModule(TaskModule):
             logger.experiment.log({f"gates/layer_{j + 1 + self.gates.skip_first}": wandb.Histogram(g[j].numpy())
                                    for j in range(g.size(0))} | {"trainer/global_step": self.global_step})
 
+    # a tested MACs ratio this far from method.target_macs is reported
+    TARGET_TOLERANCE = 0.05
+
+    def result_warnings(self, splits: dict[str, dict[str, float]]) -> list[str]:
+        """With a compute target: each report split whose MACs ratio (on ``target_baseline``) misses
+        ``method.target_macs`` by more than :attr:`TARGET_TOLERANCE` (the cut meets it on the training inputs'
+        lengths, not on longer or shorter test inputs)."""
+        if self.target is None:
+            return []
+        key = "macs_ratio" if self.target_baseline == "real" else "padded_macs_ratio"
+        out = []
+        for split, vals in splits.items():
+            ratio = vals.get(key)
+            if ratio is not None and abs(ratio - self.target.target) > self.TARGET_TOLERANCE:
+                out.append(f"{split}: MACs ratio {ratio:.3f} ({key}) misses method.target_macs={self.target.target:g} "
+                           f"by more than {self.TARGET_TOLERANCE}: the gates were cut to the target on the training "
+                           "inputs' lengths; method.target_min_length (tokens) makes the cut count only inputs as "
+                           "long as the tested ones (SST-2: 15)")
+        return out
+
     def summary(self) -> dict[str, Any]:
         out = super().summary()
         out["gates"] = {

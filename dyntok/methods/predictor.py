@@ -11,6 +11,7 @@ files and the method's state (gates, or the length configuration the search chos
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,9 @@ class Predictor:
     per-layer list or a :class:`~dyntok.core.lengths.LengthConfig`); ``None`` uses the checkpoint's own.
     """
 
-    def __init__(self, module, tokenizer, meta: dict[str, Any], device: str | torch.device = "cpu",
-                 tokenizer_dir: str | None = None) -> None:
+    def __init__(self, module, tokenizer, meta: dict[str, Any], device: str | torch.device = "cpu") -> None:
         self.module = module.to(device).eval()
         self.tokenizer = tokenizer
-        self.tokenizer_dir = tokenizer_dir
         self.meta = meta
         self.task = module.task
         self.device = torch.device(device)
@@ -76,23 +75,26 @@ class Predictor:
         return self.module.infer(batch, cfg)
 
     @torch.inference_mode()
-    def predict(self, texts: list[str] | list[tuple[str, str]], batch_size: int = 64,
+    def predict(self, texts: str | list[str] | list[tuple[str, str]], batch_size: int = 64,
                 length_config: Any = None) -> Predictions:
-        """Classify (or score) ``texts``: strings, or (first, second) pairs for sentence-pair tasks.
+        """Classify (or score) ``texts``: strings (a bare string is one text), or (first, second) pairs for
+        sentence-pair tasks.
 
         Batches are sorted by length (less padding); the results come back in input order.
 
         Raises:
             ConfigError: a span task (use :meth:`evaluate`), pairs for a single-sentence task or the
-                reverse, empty input, or a bad ``length_config``.
+                reverse, no texts, a text that is empty, not a string or not valid Unicode, ``batch_size`` < 1,
+                or a bad ``length_config``.
         """
         firsts, seconds = predict_inputs(texts, self.task.name, self.task.text_keys, self.task.problem,
-                                         "evaluate span QA with evaluate()")
+                                         "evaluate span QA with evaluate()", batch_size)
+        n = len(firsts)
         batches, n_tok = batches_from_texts(self.tokenizer, firsts, seconds, self.max_length, batch_size)
         dims, problem = self.module.dims, self.task.problem
         L = self.module.model.num_layers
-        logits: list[np.ndarray | None] = [None] * len(texts)
-        macs, full, kept = np.zeros(len(texts)), np.zeros(len(texts)), np.zeros((len(texts), L), dtype=np.int64)
+        logits: list[np.ndarray | None] = [None] * n
+        macs, full, kept = np.zeros(n), np.zeros(n), np.zeros((n, L), dtype=np.int64)
         for batch in batches:
             idx = batch.pop("index").numpy()
             out = self.forward({k: v.to(self.device) for k, v in batch.items()}, length_config)
@@ -113,9 +115,9 @@ class Predictor:
         data_cfg = {k: v for k, v in (self.config.get("data") or {}).items() if k != "_target_"}
         if data_dir is not None:
             data_cfg["data_dir"] = data_dir
-        if self.tokenizer_dir is not None:
-            data_cfg["tokenizer"] = self.tokenizer_dir
-        return DynTokDataModule(**data_cfg)
+        dm = DynTokDataModule(**data_cfg)
+        dm.use_tokenizer(self.tokenizer)
+        return dm
 
     def evaluate(self, split: str = "test", data_dir: str | None = None, batch_size: int | None = None,
                  length_config: Any = None, max_examples: int | None = None, datamodule=None,
@@ -138,50 +140,72 @@ class Predictor:
                         self.device, transform)
 
 
-def _tokenizer_from(meta: dict[str, Any], workdir: Path):
+# what a tokenizer's save_pretrained writes: plain names (no folder, no leading dot) of these kinds
+_TOKENIZER_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.(json|txt|model|jinja|tiktoken)")
+
+
+def tokenizer_files_checked(files: dict[Any, Any], path: str) -> dict[str, bytes]:
+    """A checkpoint's ``tokenizer_files`` (name -> bytes), each name a plain file name a tokenizer writes.
+
+    Raises:
+        CheckpointError: a name with a folder, ``..``, a leading dot or another kind of file, or contents
+            that are not bytes (naming ``path`` and the entry); nothing is written then.
+    """
+    for name, data in files.items():
+        if not isinstance(name, str) or not _TOKENIZER_FILE.fullmatch(name) or ".." in name:
+            raise CheckpointError(f"{path}: refused: tokenizer file name {name!r} is not a plain tokenizer file name "
+                                  "(letters, digits, '_', '-', '.', ending .json, .txt, .model, .jinja or .tiktoken)")
+        if not isinstance(data, bytes):
+            raise CheckpointError(f"{path}: tokenizer file {name!r} holds {type(data).__name__}, expected bytes")
+    return files
+
+
+def _tokenizer_from(meta: dict[str, Any], path: str):
+    """The tokenizer a checkpoint stores (its files, written to a temporary folder removed at once), else the
+    one its run config names."""
     from transformers import AutoTokenizer
 
     files = meta.get("tokenizer_files")
     if files:
-        for name, data in files.items():
-            (workdir / name).write_bytes(data)
-        return AutoTokenizer.from_pretrained(str(workdir)), str(workdir)
+        files = tokenizer_files_checked(files, path)
+        with tempfile.TemporaryDirectory(prefix="dyntok-tokenizer-") as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            return AutoTokenizer.from_pretrained(tmp)  # a fast tokenizer holds everything in memory
     from dyntok.core.model import resolve_pretrained
 
     name = ((meta.get("config") or {}).get("model") or {}).get("tokenizer")
     if not name:
-        raise CheckpointError("checkpoint carries no tokenizer (files or name)")
-    path = resolve_pretrained(name)
-    return AutoTokenizer.from_pretrained(path), path
+        raise CheckpointError(f"{path}: checkpoint carries no tokenizer (files or name)")
+    return AutoTokenizer.from_pretrained(resolve_pretrained(name))
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", trusted: bool = False) -> Predictor:
+def load(path: str | Path, device: str | torch.device = "cpu", trust_checkpoint: bool = False) -> Predictor:
     """Load a dyntok checkpoint (a ``.ckpt`` file, or a run folder: its best, else last checkpoint).
 
     The model is rebuilt from the architecture stored in the checkpoint, so no pretrained weights are
-    downloaded; the tokenizer comes from the files stored with it.
+    downloaded; the tokenizer comes from the files stored with it. Only dyntok's own methods are built (the
+    method name the checkpoint records), and only plain tokenizer file names are accepted.
 
     Raises:
-        CheckpointError: not a dyntok checkpoint, or one without its run config.
+        UntrustedCheckpointError: the file holds more than tensors and plain data (``trust_checkpoint=True``
+            loads it anyway).
+        CheckpointError: not a dyntok checkpoint, one without its run config, or one naming a method or
+            tokenizer file dyntok does not accept.
     """
     from omegaconf import OmegaConf
 
     from dyntok.data.tasks import get_task
     from dyntok.methods.build import build_method, build_model
-    from dyntok.methods.checkpoint import restore, upgrade_config
+    from dyntok.methods.checkpoint import restore, stored_run_config
 
-    state = read_checkpoint(path, trusted)
+    state = read_checkpoint(path, trust_checkpoint)
     meta = state["dyntok"]
-    cfg = meta.get("config")
-    if not cfg:
-        raise CheckpointError(f"{state['path']}: no run config stored; "
-                              "evaluate it with python -m dyntok.run train=false init_from=...")
-    cfg = OmegaConf.create(upgrade_config(cfg))
+    cfg = OmegaConf.create(stored_run_config(state))
+    tokenizer = _tokenizer_from(meta, state["path"])  # checked before anything is built
     task = get_task(meta["task"])
     # the architecture stored in the checkpoint (none in the oldest ones: the pretrained source it names)
     model = build_model(cfg.model, task, backbone_config=meta.get("backbone_config"))
     module = build_method(cfg, model, task)
     restore(module, state, state["path"], strict=False)
-    workdir = Path(tempfile.mkdtemp(prefix="dyntok-tokenizer-"))
-    tokenizer, tok_dir = _tokenizer_from(meta, workdir)
-    return Predictor(module, tokenizer, meta, device, tokenizer_dir=tok_dir)
+    return Predictor(module, tokenizer, meta, device)

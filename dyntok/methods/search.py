@@ -161,6 +161,28 @@ class LengthSearch:
             return torch.autocast(device_type=self.m.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _check_bf16(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """With ``search.precision=bf16`` on a CPU without native bfloat16 (no AVX-512 BF16 or AMX), time one
+        scoring batch both ways before the search starts and log what bfloat16 will cost (on an AVX2-only CPU
+        it is several times slower than float32). Returns the timings (``search`` fields of results.json)."""
+        from dyntok.evaluation.timing import bf16_cost, cpu_has_bf16
+
+        if self.s["precision"] != "bf16" or self.m.device.type != "cpu" or cpu_has_bf16() or not batches:
+            return {}
+        model, was_training = self.m.model, self.m.model.training
+        model.eval()
+        try:
+            cost = bf16_cost(lambda b: model(b["input_ids"], b["attention_mask"], b.get("token_type_ids")), batches[0])
+        finally:
+            model.train(was_training)
+        from dyntok.evaluation.results import environment
+
+        log.warning("method.search.precision=bf16 on %s, which has no AVX-512 BF16 or AMX: one scoring batch takes "
+                    "%.0f ms in bfloat16 against %.0f ms in float32 (%.2fx)%s", environment()["cpu_model"] or "this CPU",
+                    cost["bf16_ms"], cost["fp32_ms"], cost["bf16_slowdown"],
+                    "; method.search.precision=fp32 is faster here" if cost["bf16_slowdown"] > 1 else "")
+        return cost
+
     def _racer(self, batches: list[dict[str, torch.Tensor]], split: str) -> Callable:
         """(gene, bar) -> (accuracy, finished): racing (``search.racing``, not in the paper). Batches are scored
         in an order spread over their lengths (the loader sorts them by length); from ``racing_start`` of the
@@ -238,6 +260,7 @@ class LengthSearch:
         if s["racing"]:  # racing's scores of stopped genes are partial: never shared with an exact search
             meta.update(racing=True, racing_start=s["racing_start"], racing_z=s["racing_z"])
         store = SearchStore(store_path, meta=meta)
+        bf16 = self._check_bf16(batches)
         if s["racing"]:
             score = self._racer(batches, s["split"])
             evaluate = score
@@ -249,6 +272,7 @@ class LengthSearch:
             s["mutations"], s["crossovers"], s["mutation_prob"], s["seed"], store, init=s["init"], fill=s["fill"],
             floor=m.floor, canonical=self.canonical, parents=s["parents"], racing=s["racing"])
         result = search.run()
+        score.cache.release()  # one cache at a time in the process: search.cache_mb bounds them all
         frontier, rescored = result.frontier, None
         if s["rescore_examples"]:
             batches, frontier, full_macs, rescored = self._rescore(result, store_path, meta)
@@ -273,6 +297,7 @@ class LengthSearch:
             "frontier_size": len(frontier), "search_frontier_size": len(result.frontier), **(rescored or {}),
             "evaluated": result.evaluated, "replayed_from_store": result.cached, "raced": result.raced,
             "racing": s["racing"], "parents": s["parents"], "precision": s["precision"], "seconds": result.seconds,
+            **bf16,
             "evals_per_minute": result.evals_per_minute, "store": str(store_path), "search_split": s["split"],
             "search_examples": len(lengths), "search_min_length": s["min_length"], "length_unit": self.unit,
             "init": s["init"], "fill": s["fill"], "short_iterations": search.short_iterations,
@@ -317,6 +342,7 @@ class LengthSearch:
             points.append(store.get(p.gene))
             bar.update(1)
         bar.close()
+        score.cache.release()
         frontier = pareto_frontier(points)
         log.info("re-scored %d genes near the search frontier on %d further examples: frontier %d -> %d genes",
                  len(points), len(lengths), len(result.frontier), len(frontier))
@@ -347,7 +373,6 @@ class LengthSearch:
             test_lengths = self._lengths(batches)
             full = self._macs(LengthConfig.full(self.L), test_lengths)
             own = self._scorer(batches, split)
-            standard = self._scorer(batches, split, m.baseline) if m.baseline is not None else None
 
             def point(cfg: LengthConfig, scorer) -> tuple[float, float]:
                 return self._macs(cfg, test_lengths) / full, scorer(cfg)
@@ -359,8 +384,11 @@ class LengthSearch:
             consts = [self.config(self.canonical(constant_ratio_gene(q, self.L, self.ref, m.floor)))
                       for q in sorted(set(qs))]
             curves["LengthDrop model, constant ratio"] = [point(c, own) for c in consts]
-            if standard is not None:
+            own.cache.release()  # before the next cache fills: one search.cache_mb for the process
+            if m.baseline is not None:
+                standard = self._scorer(batches, split, m.baseline)
                 curves["standard model, constant ratio"] = [point(c, standard) for c in consts]
+                standard.cache.release()
             summary["curves_split"] = split
             searched = curves["LengthDrop model, searched"]
             summary["frontier_vs_curves"] = {

@@ -66,7 +66,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         LogProgress,
         RngState,
     )
-    from dyntok.methods.checkpoint import check_resumable, load_init_weights
+    from dyntok.methods.checkpoint import check_resumable, load_file, load_init_weights, restore
     from dyntok.methods.config import CheckpointConfig, SpeedupConfig
     from dyntok.options import build_options
 
@@ -76,11 +76,13 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task = get_task(cfg.task.name)
     dm = instantiate(cfg.data)
+    dm.check_sources()  # missing data fails before the model loads
+    _preset_lambda_yields_to_target(cfg)
     model = build_model(cfg.model, task)
     module = build_method(cfg, model, task, OmegaConf.to_container(cfg, resolve=True))
-    trusted = bool(cfg.get("trust_checkpoint", False))
+    trust = bool(cfg.get("trust_checkpoint", False))
     if cfg.init_from:
-        module.on_init_from(load_init_weights(module, cfg.init_from, cfg.model.name, trusted))
+        module.on_init_from(load_init_weights(module, cfg.init_from, cfg.model.name, trust))
 
     # checked before training: a bad value fails at once
     ckpt_opts = build_options(CheckpointConfig, OmegaConf.to_container(cfg.checkpoint), "checkpoint")
@@ -111,19 +113,25 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     if ckpt_path is None and cfg.resume and (ckpt_dir / "last.ckpt").exists():
         ckpt_path = str(ckpt_dir / "last.ckpt")
         log.info("resuming from %s", ckpt_path)
+    earlier = _finished_record(run_dir) if cfg.train and cfg.resume and ckpt_path is None else None
+    if earlier is not None:  # trained and tested before, its checkpoints pruned to final.ckpt: test that again
+        log.info("%s: this run finished before (results.json); testing its final.ckpt again (resume=false "
+                 "trains afresh)", run_dir)
+        restore(module, load_file(ckpt_dir / "final.ckpt", trust), str(ckpt_dir / "final.ckpt"), strict=False)
+    fit = cfg.train and earlier is None
     if ckpt_path is not None:
-        check_resumable(ckpt_path, module, cfg.model.name, trusted)  # also refuses what would run code
+        check_resumable(ckpt_path, module, cfg.model.name, trust)  # also refuses what would run code
     module.before_fit(dm)
-    if cfg.train:
+    if fit:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    elif not cfg.init_from:
+    elif not cfg.init_from and earlier is None:
         log.warning("train=false without init_from: evaluating untrained weights")
 
     best = ckpt_cb.best_model_path or None
-    if best and module.select_best and cfg.train:
+    if best and module.select_best and fit:
         module.load_best(best)
     module.after_fit(trainer, dm, run_dir)
-    if cfg.train:
+    if fit:
         # The model as tested (best or final weights, and the length configuration chosen or learned):
         # what dyntok.load(<run dir>) and the benchmark read.
         trainer.save_checkpoint(ckpt_dir / "final.ckpt", weights_only=True)
@@ -138,6 +146,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             log.info("speedup: not measured under DDP (time a checkpoint with python -m dyntok.compare)")
         else:
             speed = {"split": task.test_splits[0], **measure_speedup(module, dm, task.test_splits[0], speed_opts)}
+    notes = module.result_warnings(splits)
+    for note in notes:
+        log.warning("%s", note)
     record = {
         "task": task.name,
         "method": cfg.method.name,
@@ -149,14 +160,21 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "speedup": speed or None,
         "best_val": _best_score(ckpt_cb, best),
         "best_checkpoint": best,
-        "tested_weights": "best" if best and module.select_best and cfg.train else "final",
+        "tested_weights": "best" if best and module.select_best and fit else "final",
         **module.summary(),
+        "warnings": notes,
         "train_steps": int(trainer.global_step) or int(trainer.callback_metrics.get("train/steps", 0)),
         "wall_time_s": time.time() - start,
         "threads": torch.get_num_threads(),
         "versions": environment(),
         "config": module.run_config,
     }
+    if earlier is not None:  # what the training run recorded (its training, its search)
+        record.update({k: earlier.get(k) for k in ("best_val", "best_checkpoint", "tested_weights", "train_steps",
+                                                     "pruned_checkpoints")})
+        record.update({k: v for k, v in earlier.items() if record.get(k) is None and k != "path"})
+    if fit and trainer.is_global_zero and not ckpt_opts.keep_all:
+        record["pruned_checkpoints"] = _prune_checkpoints(ckpt_dir)
     if trainer.is_global_zero:
         path = write_results(run_dir, record)
         cols = ["task", "method", "split", *task.metric_names, "gmacs_per_example", "macs_ratio",
@@ -164,6 +182,55 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         rows = [{**r, **(speed if r.get("split") == speed.get("split") else {})} for r in flat_rows([record])]
         print(f"\n{format_table(rows, cols)}\n\nresults: {path}")
     return record
+
+
+def _finished_record(run_dir: Path) -> dict[str, Any] | None:
+    """The ``results.json`` of a run in ``run_dir`` that trained, tested and kept only ``final.ckpt`` (its other
+    checkpoints pruned), else None."""
+    import json
+
+    from dyntok.evaluation.results import RESULTS_FILE
+
+    ckpts = run_dir / "checkpoints"
+    if not (ckpts / "final.ckpt").is_file() or any(ckpts.glob("last*.ckpt")) or not (run_dir / RESULTS_FILE).is_file():
+        return None
+    try:
+        rec = json.loads((run_dir / RESULTS_FILE).read_text())
+    except ValueError:
+        return None
+    return rec if rec.get("status") == "ok" and "pruned_checkpoints" in rec else None
+
+
+def _prune_checkpoints(ckpt_dir: Path) -> list[str]:
+    """Delete ``best-*.ckpt`` and ``last*.ckpt`` once ``final.ckpt`` holds the tested model
+    (``checkpoint.keep_all=false``); returns the names deleted."""
+    if not (ckpt_dir / "final.ckpt").is_file():
+        return []
+    gone = sorted([*ckpt_dir.glob("best-*.ckpt"), *ckpt_dir.glob("last*.ckpt")])
+    for p in gone:
+        p.unlink()
+    if gone:
+        log.info("kept %s only (checkpoint.keep_all=true keeps %s)", ckpt_dir / "final.ckpt", ", ".join(p.name for p in gone))
+    return [p.name for p in gone]
+
+
+def _preset_lambda_yields_to_target(cfg: DictConfig) -> None:
+    """``method.target_macs`` alone: the regularizer preset's lambda (the default group's, e.g. 2.5) yields to
+    the target's multiplier (set to 0). A lambda given on the command line (``regularizer=...`` or
+    ``regularizer.lambda=...``) stays, and the method refuses the pair; so does any lambda outside a Hydra
+    run, where what the command line said is unknown."""
+    from hydra.core.hydra_config import HydraConfig
+
+    node = cfg.get("method") or {}
+    lam = (cfg.get("regularizer") or {}).get("lambda")
+    if node.get("target_macs") is None or not lam or not HydraConfig.initialized():
+        return
+    given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    if given & {"regularizer", "regularizer.lambda", "method.regularizer", "method.regularizer.lambda"}:
+        return
+    log.info("method.target_macs=%s: the regularizer preset's lambda %s yields to the target's multiplier",
+             node.target_macs, lam)
+    cfg.regularizer["lambda"] = 0.0
 
 
 def measure_speedup(module, datamodule, split: str, opts) -> dict[str, float]:
