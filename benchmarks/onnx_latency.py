@@ -123,6 +123,7 @@ def run_stage(data: str, data_dir: Path, threads: int, repeats: int) -> dict:
     n = torch.tensor([spec["max_length"]])
     result["macs_ratio_padded"] = float(length_config_macs(dims, cfg, n, "classification")[0]
                                         / length_config_macs(dims, LengthConfig.full(6), n, "classification")[0])
+    result["seed"] = 0  # the fresh head's and the texts' draw
     result["versions"] = {**environment(), **_ort_version()}
     return result
 

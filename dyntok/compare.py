@@ -151,8 +151,9 @@ def tested_checkpoint(rec: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     import dyntok
     from dyntok.core.lengths import LengthConfig
-    from dyntok.evaluation.results import format_table
+    from dyntok.evaluation.results import environment, format_table
 
+    start = time.time()
     root = Path(args.runs)
     records = _records(root)
     full_rec = next((r for r in records if r["method"] == "full" and (r.get("config") or {}).get("train", True)
@@ -262,8 +263,10 @@ def run(args: argparse.Namespace) -> int:
           *[f"- {g}" for g in goals], "", f"![{metric} against MACs]({out.name}.png)",
           f"![{metric} against speed-up]({out.name}_speed.png)", ""]
     out.with_suffix(".md").write_text("\n".join(md))
-    (out.parent / f"{out.name}.json").write_text(json.dumps({"points": points, "train_step_ms": step_ms,
-                                                             "goals": goals}, indent=2, default=str))
+    record = {"points": points, "train_step_ms": step_ms, "goals": goals, "split": split,
+              "seed": (full_rec.get("config") or {}).get("seed"), "wall_time_s": time.time() - start,
+              "versions": environment(full.device)}
+    (out.parent / f"{out.name}.json").write_text(json.dumps(record, indent=2, default=str))
     plot_points(points, metric, out, f"{full_rec['task']} ({split})", full.device.type, by=args.by)
     print(table)
     print()

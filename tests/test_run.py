@@ -77,6 +77,12 @@ def test_tiny_model_trains_end_to_end_and_writes_results(tmp_path):
     assert test["macs_ratio"] == pytest.approx(1.0)  # the full model drops nothing
     assert test["padded_macs_ratio"] < 1.0  # short sentences are far below the padded length
     assert rec["versions"]["torch"] and rec["config"]["model"]["name"] == "tiny"
+    # the record says what produced it: commit, dirty flag, seed, command and overrides, time, machine
+    v = rec["versions"]
+    assert len(v["git_commit"]) == 40 and isinstance(v["git_dirty"], bool)
+    assert v["command"].startswith("python -m dyntok.run ") and "data.max_train_samples=48" in v["command"]
+    assert rec["seed"] == 42 and "data.max_train_samples=48" in rec["overrides"]
+    assert v["cpu_count"] >= 1 and "accelerator" in v and rec["wall_time_s"] > 0
     assert "| rotten_tomatoes | full | test |" in proc.stdout
     # once tested, the run keeps the tested model only (checkpoint.keep_all=false)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["final.ckpt"]

@@ -23,17 +23,30 @@ from typing import Any
 RESULTS_FILE = "results.json"
 
 
+def command_line() -> str:
+    """This process's command line as it can be rerun: ``python -m dyntok.run key=value ...`` for a module run
+    with ``-m``, else the script and its arguments (shell-quoted)."""
+    import shlex
+    import sys
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    prog = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
+    return shlex.join([*prog, *sys.argv[1:]])
+
+
 def environment(device: Any = None) -> dict[str, Any]:
     """Where a result was produced: versions of dyntok, torch, transformers, Lightning and Python, the git
-    commit (None outside a dyntok checkout), the platform, CPU model, core count and torch threads, and the
-    device (its GPU's name on CUDA). ``results.json`` keeps it under ``versions``."""
+    commit and whether tracked files differed from it (``git_dirty``; both None outside a dyntok checkout),
+    the command line, the platform, CPU model, core count and torch threads, the accelerator (a CUDA GPU's
+    name, else None) and the device given. ``results.json`` keeps it under ``versions``; every benchmark
+    record carries it too."""
     import lightning
     import torch
     import transformers
 
     import dyntok
 
-    commit = None
+    commit = dirty = None
     root = Path(__file__).resolve().parents[2]
     try:
         # a source checkout only: an installed package's folder may sit inside some other repository
@@ -42,6 +55,9 @@ def environment(device: Any = None) -> dict[str, Any]:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
+        dirty = bool(subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True,
+            timeout=10, check=True).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
     env: dict[str, Any] = {
@@ -51,11 +67,14 @@ def environment(device: Any = None) -> dict[str, Any]:
         "lightning": lightning.__version__,
         "python": platform.python_version(),
         "git_commit": commit,
+        "git_dirty": dirty,
+        "command": command_line(),
         "platform": platform.platform(),
         "cpu_model": None,
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
+        "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     try:
         with open("/proc/cpuinfo") as f:

@@ -155,6 +155,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         "model": cfg.model.name,
         "label": cfg.get("label") or cfg.method.name,
         "status": "ok",
+        "seed": cfg.seed,
+        "overrides": _overrides(),
         "main_metric": task.main_metric,
         "splits": splits,
         "speedup": speed or None,
@@ -182,6 +184,13 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         rows = [{**r, **(speed if r.get("split") == speed.get("split") else {})} for r in flat_rows([record])]
         print(f"\n{format_table(rows, cols)}\n\nresults: {path}")
     return record
+
+
+def _overrides() -> list[str] | None:
+    """The Hydra job's own overrides (one job of a multirun: its values, not the sweep's), None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
 def _finished_record(run_dir: Path) -> dict[str, Any] | None:
