@@ -19,7 +19,8 @@ run() {  # run <method> <seed>: README's command (seed 42: no override at all) i
   [ -f "$DOCS/${method}_seed$seed/results.json" ] && return 0
   dir=$("$PY" -c 'import sys; from dyntok.run import run_id; a = sorted(sys.argv[1:]); m = next((x[7:] for x in a if x.startswith("method=")), "gates"); print("outputs/rotten_tomatoes/" + m + "/" + run_id(",".join(a)))' "${args[@]}")
   [ -f "$dir/results.json" ] && rm -rf "$dir"  # finished by an older commit: not this record
-  echo "$(date -u +%H:%M:%S) main job: ${args[*]:-(README's command)} -> $dir" >&2
+  local what="${args[*]}"
+  echo "$(date -u +%H:%M:%S) main job: python -m dyntok.run ${what} -> $dir" >&2
   "$PY" -m dyntok.run "${args[@]}" | tee "/tmp/main_job_${method}_$seed.log"
   written=$(sed -n 's/^results: //p' "/tmp/main_job_${method}_$seed.log")
   [ "$written" -ef "$dir/results.json" ] || { echo "main_job.sh: the run wrote $written, not $dir" >&2; exit 1; }
