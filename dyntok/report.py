@@ -1,4 +1,6 @@
-"""Trade-off report across runs: ``python -m dyntok.report multirun/2026-... --out docs/sst2``.
+"""Trade-off report across runs: ``python -m dyntok.report multirun/2026-... --out docs/sst2``; and
+``python -m dyntok.report --publish`` / ``--check``: README's generated blocks from their committed records
+(:mod:`dyntok.evaluation.publish`).
 
 Reads every ``results.json`` under the given folders (a Hydra multirun, several runs), or a W&B project
 (``--wandb entity/project``, online), and writes a markdown table and a PNG of the task metric against the
@@ -95,6 +97,26 @@ def _controller(paths: list[str], prefix: Path) -> int:
     return 0
 
 
+PUBLISHED = "docs/benchmarks/published.yaml"
+
+
+def _publish(spec: str, check: bool) -> int:
+    from dyntok.errors import DyntokError
+    from dyntok.evaluation.publish import publish
+
+    try:
+        changed = publish(spec, check=check)
+    except DyntokError as e:
+        print(f"dyntok: error: {e}", file=sys.stderr)
+        return 2
+    if check and changed:
+        print(f"out of date with their records: {', '.join(changed)} (python -m dyntok.report --publish)",
+              file=sys.stderr)
+        return 1
+    print(("up to date: " if check or not changed else "wrote ") + (", ".join(changed) or spec))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dyntok.report", description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="*", help="run or multirun folders (searched for results.json)")
@@ -105,10 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anchor", action="append", default=[], metavar="NAME=X:Y[,X:Y...]",
                     help="published points to mark on the plot, in the plot's units (e.g. "
                          "'LA-MiniLM (published)=1.0:0.8928,0.523:0.8776')")
+    ap.add_argument("--publish", nargs="?", const=PUBLISHED, metavar="SPEC",
+                    help="instead of a report: rebuild every generated block of README and the benchmark pages from "
+                         f"the committed records the spec names (default {PUBLISHED})")
+    ap.add_argument("--check", nargs="?", const=PUBLISHED, metavar="SPEC",
+                    help="as --publish, but write nothing: exit 1 when a generated block differs from its records")
     ap.add_argument("--controller", metavar="PREFIX",
                     help="instead of the table: the compute target's trace of the one run given (logger=csv), "
                          "as <PREFIX>.json and <PREFIX>.png")
     args = ap.parse_args(argv)
+    if args.publish or args.check:
+        return _publish(args.publish or args.check, check=bool(args.check))
     if args.controller:
         return _controller(args.paths, Path(args.controller))
     records = _wandb_records(args.wandb) if args.wandb else read_results(args.paths)
