@@ -103,8 +103,19 @@ def test_graph_reports_the_macs_dyntok_counts():
         _, kept, macs, full = InferenceGraph(model, cfg)(*(batch[k] for k in INPUTS))
     n = batch["attention_mask"].sum(1)
     dims = ModelDims.from_encoder(model)
-    assert torch.allclose(macs, model_macs(dims, n, kept, "classification"))
-    assert torch.allclose(full, model_macs(dims, n, n[:, None].expand(-1, 3), "classification"))
+    # kept as dyntok's PyTorch path resolves it, and the count written out (not model_macs, which the graph uses):
+    # layer j: 4 d^2 per token entering attention, 2 d per attended pair, 2 d f per token kept; head d^2 + 2 d
+    ref_kept = cfg.resolve(n)
+    assert torch.equal(kept, ref_kept)
+    d, f = dims.hidden, dims.intermediate
+
+    def count(k: torch.Tensor) -> torch.Tensor:
+        prev = torch.cat([n[:, None], k[:, :-1]], 1).double()
+        return (4 * prev * d * d + 2 * prev * prev * d + 2 * k.double() * d * f).sum(1) + d * d + d * 2
+
+    assert torch.allclose(macs.double(), count(ref_kept))
+    assert torch.allclose(full.double(), count(n[:, None].expand(-1, 3)))
+    assert torch.allclose(macs.double(), model_macs(dims, n, kept, "classification"))
     assert bool((macs < full).all())
 
 
