@@ -21,7 +21,7 @@ def _run_record(path: Path, accuracy: float, macs: float, speedup: float, status
     path.write_text(json.dumps({
         "status": status, "main_metric": "accuracy", "error": None if status == "ok" else "boom",
         "splits": {"test": {"accuracy": accuracy, "macs_ratio": macs, "padded_macs_ratio": macs / 5}},
-        "speedup": {"measured_speedup": speedup}, "wall_time_s": 300.0, "versions": {"cpu_model": "Test CPU"}}))
+        "speedup": {"measured_speedup": speedup}, "wall_time_s": 300.0, "versions": {"cpu_model": "Test CPU", "cpu_count": 4}}))
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_publish_writes_every_block_from_its_records_and_check_then_passes(site)
     assert "| T | gates lambda 4 | `b` | 1 | 83.00 | 0.45 | 0.090 | 2.10x |" in text
     # three seeds: mean +- sd of the metric, mean MACs ratios, the median speed-up (the runs' own)
     assert "| T | gates, 3 seeds | `c` | 3 | 81.00 +- 1.00 | 0.50 | 0.10 | 1.70x (run's own) |" in text
-    assert "Over 3 seeds it reaches 81.00 +- 1.00% accuracy at 0.50x" in text and "Test CPU" in text
+    assert "Over 3 seeds it reaches 81.00 +- 1.00% accuracy at 0.50x" in text and "4 cores of Test CPU" in text
     assert "`method=full` on the same seeds is not recorded yet" in text
     assert text.startswith("# x\n\nMain: <!-- dyntok:main-job:begin -->") and text.rstrip().endswith("end -->")
     assert publish(site / "spec.yaml", site, check=True) == []

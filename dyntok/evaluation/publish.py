@@ -29,8 +29,8 @@ BEGIN, END = "<!-- dyntok:{}:begin -->", "<!-- dyntok:{}:end -->"
 @dataclass
 class Measured:
     """One record's numbers: ``metric`` in percent (accuracy, F1), MACs ratios at real length and padded to
-    ``max_length``, the measured speed-up (None where not measured), where it comes from, and the CPU and wall
-    time (s) of a run record."""
+    ``max_length``, the measured speed-up (None where not measured), where it comes from, and the machine
+    ("2 cores of AMD EPYC") and wall time (s) of a run record."""
 
     metric: float
     macs_ratio: float
@@ -66,8 +66,11 @@ def from_run(path: str | Path, split: str | None = None) -> Measured:
     if vals is None:
         raise DataError(f"{path}: no split {split!r} (has {', '.join(splits)})")
     speed = rec.get("speedup") or {}
-    return Measured(100 * vals[rec["main_metric"]], vals["macs_ratio"], vals["padded_macs_ratio"], speed.get("measured_speedup"), str(path),
-                    (rec.get("versions") or {}).get("cpu_model"), rec.get("wall_time_s"))
+    machine = rec.get("versions") or {}
+    return Measured(100 * vals[rec["main_metric"]], vals["macs_ratio"], vals["padded_macs_ratio"],
+                    speed.get("measured_speedup"), str(path),
+                    f"{machine.get('cpu_count', '?')} cores of {machine.get('cpu_model') or 'an unknown CPU'}",
+                    rec.get("wall_time_s"))
 
 
 def from_compare(path: str | Path, label: str, config: str | None = None, match: dict[str, Any] | None = None
@@ -140,13 +143,13 @@ def main_job(spec: dict[str, Any], root: Path) -> str:
     (``full``, optional until recorded): accuracy as mean +- sd over the seeds, MACs ratios, the median
     speed-up, the median minutes and the CPU they were measured on."""
     gates = measure({"run": spec["gates"]}, root)
-    cpus = sorted({m.cpu or "unknown CPU" for m in gates})
+    machines = sorted({m.cpu or "an unknown machine" for m in gates})
     minutes = statistics.median(m.wall_s for m in gates if m.wall_s) / 60
     text = (f"Over {len(gates)} seeds it reaches {_mean_sd([m.metric for m in gates], 2)}% accuracy at "
             f"{statistics.mean(m.macs_ratio for m in gates):.2f}x the full model's MACs at real length "
             f"({statistics.mean(m.padded_macs_ratio for m in gates):.2f}x padded) and runs "
             f"{statistics.median(m.speedup for m in gates if m.speedup):.2f}x faster (median), in "
-            f"{minutes:.1f} minutes a run on 2 cores of an {' / '.join(cpus)}")
+            f"{minutes:.1f} minutes a run on {' / '.join(machines)}")
     full_glob = spec.get("full")
     full = measure({"run": full_glob}, root) if full_glob and glob.glob(str(root / full_glob)) else []
     if full:

@@ -23,6 +23,15 @@ from typing import Any
 RESULTS_FILE = "results.json"
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``), None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def command_line() -> str:
     """This process's command line as it can be rerun: ``python -m dyntok.run key=value ...`` for a module run
     with ``-m``, else the script and its arguments (shell-quoted)."""
@@ -70,17 +79,12 @@ def environment(device: Any = None) -> dict[str, Any]:
         "git_dirty": dirty,
         "command": command_line(),
         "platform": platform.platform(),
-        "cpu_model": None,
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            env["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-    except OSError:
-        pass
     if device is not None:
         device = torch.device(device)
         env["device"] = str(device)

@@ -99,8 +99,6 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[st
     path = Path(path)
     if path.is_dir():
         path = run_checkpoint(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
     state = load_file(path, trust_checkpoint)
     if "state_dict" not in state or "dyntok" not in state:
         raise CheckpointError(f"{path} is not a dyntok checkpoint (no 'dyntok' metadata)")

@@ -175,10 +175,10 @@ class LengthSearch:
             cost = bf16_cost(lambda b: model(b["input_ids"], b["attention_mask"], b.get("token_type_ids")), batches[0])
         finally:
             model.train(was_training)
-        from dyntok.evaluation.results import environment
+        from dyntok.evaluation.results import cpu_model
 
         log.warning("method.search.precision=bf16 on %s, which has no AVX-512 BF16 or AMX: one scoring batch takes "
-                    "%.0f ms in bfloat16 against %.0f ms in float32 (%.2fx)%s", environment()["cpu_model"] or "this CPU",
+                    "%.0f ms in bfloat16 against %.0f ms in float32 (%.2fx)%s", cpu_model() or "this CPU",
                     cost["bf16_ms"], cost["fp32_ms"], cost["bf16_slowdown"],
                     "; method.search.precision=fp32 is faster here" if cost["bf16_slowdown"] > 1 else "")
         return cost
