@@ -7,8 +7,8 @@ take turns pass by pass; the fastest of the repeated passes).
 
 Latency does not depend on the weights: the configurations searched earlier (docs/benchmarks/sst2.md and
 imdb.md) run on MiniLM with a fresh classification head, so no training is needed. Each dataset is one
-stage writing ``OUT/<data>.json`` (skipped when it exists); ``OUT/table.md`` is rewritten from the stages
-done.
+stage writing ``OUT/<data>.json`` (skipped when it exists); the table of the stages done is printed, and
+``python -m dyntok.report --publish`` writes it into docs/benchmarks/onnx.md.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dyntok.core.graph import InferenceGraph, output_names
 from dyntok.core.lengths import LengthConfig
 from dyntok.core.macs import ModelDims, length_config_macs, model_macs
 from dyntok.core.model import DynTokModel, resolve_pretrained
+from dyntok.evaluation.publish import onnx_table
 from dyntok.evaluation.results import environment
 from dyntok.evaluation.timing import race_ms
 from dyntok.export import session, write_onnx
@@ -134,23 +135,6 @@ def _ort_version() -> dict[str, str]:
     return {"onnxruntime": onnxruntime.__version__}
 
 
-def table(results: list[dict]) -> str:
-    lines = ["| data | requests | mean tokens | MACs ratio (real / padded) | PyTorch full | PyTorch dropped | "
-             "ONNX full | ONNX dropped | speed-up PyTorch | speed-up ONNX | ONNX speed-up x MACs ratio | "
-             "ONNX full vs PyTorch full |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        for mode, row in r["modes"].items():
-            ms = row["ms_per_example"]
-            lines.append(
-                f"| {r['data']} ({r['max_length']}) | {mode} ({row['examples']}) | {row['mean_tokens']:.0f} | "
-                f"{row['macs_ratio']:.3f} / {r['macs_ratio_padded']:.3f} | {ms['pytorch_full']:.2f} | "
-                f"{ms['pytorch_dropped']:.2f} | {ms['onnx_full']:.2f} | {ms['onnx_dropped']:.2f} | "
-                f"{row['speedup']['pytorch']:.2f}x | {row['speedup']['onnx']:.2f}x | "
-                f"{row['speedup_per_macs_reduction']['onnx']:.2f} | {row['onnx_full_vs_pytorch_full']:.2f}x |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="../shared/data", help="folder holding glue/SST-2/dev.tsv")
@@ -168,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         path.write_text(json.dumps(run_stage(data, Path(args.data_dir), args.threads, args.repeats), indent=2) + "\n")
     done = [json.loads((out / f"{d}.json").read_text()) for d in STAGES if (out / f"{d}.json").exists()]
-    (out / "table.md").write_text(table(done))
-    print(table(done))
+    print(onnx_table(done))
     return 0
 
 

@@ -30,4 +30,4 @@ for spec in "1.0 full_length" "0.6 const_0.6"; do
   run "$OUT/lengthdrop_$2" method=lengthdrop train=false "init_from=$OUT/lengthdrop" "method.length_config=$1" \
       "label='lengthdrop at $2'"
 done
-"$PY" -m dyntok.report "$OUT" --split test --out docs/benchmarks/squad_gpu
+"$PY" -m dyntok.report "$OUT" --split test --out "$OUT/report"

@@ -1,8 +1,8 @@
 """The Hydra entry point: ``python -m dyntok.run method=gates task=sst2 data_dir=../shared/data/glue``.
 
 Composes the config and hands it to :func:`dyntok.methods.train.train` (DataModule + model + method, fit,
-test on the report split(s), ``results.json`` in the run directory); a failing job of a multirun is recorded
-and the sweep goes on. Returns the main test metric (what a sweeper optimises).
+test on the report split(s), ``results.json`` in the run directory). A failing run is recorded too
+(``status: failed`` and the error in ``results.json``); in a multirun the sweep goes on. Returns the main test metric (what a sweeper optimises).
 """
 
 from __future__ import annotations
@@ -42,21 +42,40 @@ def main(cfg: DictConfig) -> float | None:
     try:
         record = train(cfg)
     except DyntokError as e:
-        if multirun:
-            # One failing job must not stop the sweep: record it and let the others run.
-            from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-            from dyntok.evaluation.results import write_results
-
-            if rank_zero_only.rank == 0:  # under SLURM every task of a DDP job gets here
-                write_results(hydra_run_dir(), {"task": cfg.task.name, "method": cfg.method.name, "status": "failed",
-                                           "error": user_message(e, "trust_checkpoint=true")})
+        message = user_message(e, "trust_checkpoint=true")
+        record_failure(cfg, message)
+        if multirun:  # one failing job must not stop the sweep
             log.error("job failed: %s", e)
             return None
-        print(f"dyntok: error: {user_message(e, 'trust_checkpoint=true')}", file=sys.stderr)
+        print(f"dyntok: error: {message}", file=sys.stderr)
         sys.exit(2)
     split = record["splits"].get(record.get("main_split") or next(iter(record["splits"]), ""), {})
     return split.get(record["main_metric"])
+
+
+def record_failure(cfg: DictConfig, message: str) -> None:
+    """Write a failed run's ``results.json`` (``status: failed``, the error, seed, overrides, versions, command
+    and machine), so a budget the search cannot reach or a missing file is a record, not a gap. A run folder
+    that already holds a successful record keeps it (rank zero writes; the error is printed either way)."""
+    import json
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from dyntok.evaluation.results import RESULTS_FILE, environment, write_results
+
+    if rank_zero_only.rank != 0:  # under SLURM every task of a DDP job gets here
+        return
+    run_dir = hydra_run_dir()
+    try:
+        if json.loads((run_dir / RESULTS_FILE).read_text()).get("status") == "ok":
+            return
+    except (OSError, ValueError):
+        pass
+    from hydra.core.hydra_config import HydraConfig
+
+    write_results(run_dir, {"task": cfg.task.name, "method": cfg.method.name, "label": cfg.get("label"),
+                            "status": "failed", "error": message, "seed": cfg.get("seed"),
+                            "overrides": list(HydraConfig.get().overrides.task), "versions": environment()})
 
 
 def composition_error(error: BaseException) -> str:

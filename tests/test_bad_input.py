@@ -136,8 +136,18 @@ def test_bad_checkpoints_are_one_line_each(tiny_run, tmp_path):
     cases = {str(tiny_run / "checkpoints" / "final.ckpt"): "holds weights only",
              str(empty): "the file is empty (0 bytes)", str(text): "not a PyTorch checkpoint"}
     for path, why in cases.items():
-        line = _one_error_line(_run([*TINY, f"ckpt_path={path}"], tmp_path / Path(path).stem))
+        run = tmp_path / Path(path).stem
+        line = _one_error_line(_run([*TINY, f"ckpt_path={path}"], run))
         assert why in line and path in line and "trust_checkpoint" not in line, line
+        rec = json.loads((run / "results.json").read_text())  # the failure is a record, with its provenance
+        assert rec["status"] == "failed" and rec["error"] == line.removeprefix("dyntok: error: ")
+        assert rec["overrides"][-1] == f"ckpt_path={path}" and rec["seed"] == 42
+        assert {"git_commit", "git_dirty", "command", "cpu_model"} <= set(rec["versions"])
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "results.json").write_text((tiny_run / "results.json").read_text())
+    _one_error_line(_run([*TINY, f"ckpt_path={empty}"], again))
+    assert (again / "results.json").read_text() == (tiny_run / "results.json").read_text()  # the good one stays
     from dyntok.methods.checkpoint import load_file
 
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):

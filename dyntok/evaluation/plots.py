@@ -17,12 +17,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    """Lay out, write as PNG (creating the folder) and close ``fig``; returns the path."""
+def _save(fig: Any, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Lay out, write as PNG (creating the folder; ``metadata``: PNG text entries) and close ``fig``; returns
+    the path."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, metadata=metadata)
     _pyplot().close(fig)
     return path
 
@@ -57,6 +58,27 @@ def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Pa
     else:
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_points(points: Sequence[dict[str, Any]], path: str | Path, title: str = "", digest: str = "") -> Path:
+    """One marker per point (``what``, ``macs``: real-length MACs ratio, ``metric`` in percent, ``sd``: its
+    standard deviation over seeds, drawn as an error bar), labelled beside it; ``digest`` is stored in the PNG
+    as the text entry ``dyntok-digest`` (what ``python -m dyntok.report --check`` compares)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10.5, 4.8), dpi=120)
+    colors = plt.get_cmap("tab10").colors
+    for i, p in enumerate(points):
+        ax.errorbar([p["macs"]], [p["metric"]], yerr=[p["sd"]], fmt="os^Dv<>pPX"[i % 10], ms=6, capsize=3,
+                    color=colors[i % len(colors)], label=p["what"])
+    ax.set_xlabel("MACs ratio at real length (1.0 = full model)")
+    ax.set_ylabel("accuracy / F1 (%), mean +- sd over seeds")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if points:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.text(0.5, 0.5, "no records yet", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path, {"dyntok-digest": digest} if digest else None)
 
 
 def plot_controller(trace: dict[str, Sequence[tuple[int, float]]], path: str | Path, title: str = "") -> Path:
