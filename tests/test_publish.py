@@ -179,3 +179,13 @@ def test_every_committed_run_record_says_where_it_comes_from():
         assert env["cpu_model"] and env["cpu_count"], path
         if env["git_dirty"] is None or env["command"] is None:  # written before runs recorded them: said so
             assert "recorded before runs wrote their command line" in rec["provenance"], path
+
+
+def test_the_main_job_sentence_gives_the_recorded_install_time(site):
+    (site / "install.json").write_text(json.dumps({"what": "fresh venv", "wall_time_s": 222.0,
+                                                   "versions": {"cpu_model": "Test CPU", "cpu_count": 4}}))
+    spec = (site / "spec.yaml").read_text()
+    (site / "spec.yaml").write_text(spec + "  install: install.json\n")
+    publish(site / "spec.yaml", site)
+    assert "The install above took 3.7 minutes on 4 cores of Test CPU (fresh venv; record: `install.json`)." in \
+        (site / "README.md").read_text()

@@ -233,7 +233,14 @@ def main_job(spec: dict[str, Any], root: Path) -> str:
                  f"over {len(full)} seeds")
     else:
         text += ". `method=full` on the same seeds is not recorded yet"
-    return text + f" (records: `{spec['gates']}`" + (f", `{full_glob}`" if full else "") + ")."
+    text += f" (records: `{spec['gates']}`" + (f", `{full_glob}`" if full else "") + ")."
+    if spec.get("install") and (root / spec["install"]).is_file():
+        rec = _read_json(root / spec["install"])
+        env = rec["versions"]
+        text += (f" The install above took {rec['wall_time_s'] / 60:.1f} minutes on {env.get('cpu_count')} cores of "
+                 f"{env.get('cpu_model')} ({rec['what']}" + (f"; {rec['note']}" if rec.get("note") else "")
+                 + f"; record: `{spec['install']}`).")
+    return text
 
 
 def compare_rows(block: dict[str, Any], root: Path) -> list[dict[str, Any]]:
