@@ -61,15 +61,20 @@ def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: str | Pa
 
 
 def plot_points(points: Sequence[dict[str, Any]], path: str | Path, title: str = "", digest: str = "") -> Path:
-    """One marker per point (``what``, ``macs``: real-length MACs ratio, ``metric`` in percent, ``sd``: its
-    standard deviation over seeds, drawn as an error bar), labelled beside it; ``digest`` is stored in the PNG
-    as the text entry ``dyntok-digest`` (what ``python -m dyntok.report --check`` compares)."""
+    """One marker per point (``what``: its series, ``macs``: real-length MACs ratio, ``metric`` in percent,
+    ``sd``: its standard deviation over seeds, drawn as an error bar); the points of one series share a color
+    and are joined in MACs order. ``digest`` is stored in the PNG as the text entry ``dyntok-digest`` (what
+    ``python -m dyntok.report --check`` compares)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10.5, 4.8), dpi=120)
-    colors = plt.get_cmap("tab10").colors
-    for i, p in enumerate(points):
-        ax.errorbar([p["macs"]], [p["metric"]], yerr=[p["sd"]], fmt="os^Dv<>pPX"[i % 10], ms=6, capsize=3,
-                    color=colors[i % len(colors)], label=p["what"])
+    series: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        series.setdefault(p["what"], []).append(p)
+    colors = plt.get_cmap("tab20" if len(series) > 10 else "tab10").colors
+    for i, (name, pts) in enumerate(series.items()):
+        pts = sorted(pts, key=lambda p: p["macs"])
+        ax.errorbar([p["macs"] for p in pts], [p["metric"] for p in pts], yerr=[p["sd"] for p in pts],
+                    fmt="-" + "os^Dv<>pPX"[i % 10], ms=6, lw=1, capsize=3, color=colors[i % len(colors)], label=name)
     ax.set_xlabel("MACs ratio at real length (1.0 = full model)")
     ax.set_ylabel("accuracy / F1 (%), mean +- sd over seeds")
     ax.set_title(title)

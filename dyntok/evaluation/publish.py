@@ -161,7 +161,8 @@ def _link(source: str, base: Path, i: int) -> str:
 
 def table(rows: list[dict[str, Any]], root: Path, base: Path) -> tuple[str, list[dict[str, Any]]]:
     """A results table: one row per spec row (``task``, ``what``, ``command``, ``source``; optional ``id``,
-    ``reference``, ``pending``, ``digits``), the metric as mean +- sd over seeds, MACs ratios (means), the
+    ``reference``, ``pending``, ``digits``, and ``short`` / ``series``: its name on the plot, where rows of one
+    series are joined), the metric as mean +- sd over seeds, MACs ratios (means), the
     median measured speed-up and links to the records (relative to ``base``, the folder of the file the table
     goes into). Where a row names a ``reference``, a column gives the difference of the means.
 
@@ -209,7 +210,7 @@ def table(rows: list[dict[str, Any]], root: Path, base: Path) -> tuple[str, list
         cells = [row["task"], row["what"], row["command"], seeds, _mean_sd(metric, digits), *vs, _ratio(macs),
                  _ratio(padded), speed, links]
         out.append("| " + " | ".join(cells) + " |")
-        points.append({"what": row.get("short", row["what"]), "macs": macs, "metric": _mean(metric),
+        points.append({"what": row.get("series") or row.get("short", row["what"]), "macs": macs, "metric": _mean(metric),
                        "sd": statistics.stdev(metric) if len(metric) > 1 else 0.0})
     return "\n".join(out), points
 
@@ -256,7 +257,8 @@ def compare_rows(block: dict[str, Any], root: Path) -> list[dict[str, Any]]:
             what, src["match"] = f"{what}, lambda {p['lambda']:g}", {"lambda": p["lambda"]}
         elif p.get("config") is not None:
             what, src["config"] = f"{what}, `{p['config']}`", p["config"]
-        rows.append({"task": block["task"], "what": what, "command": block["command"], "source": src})
+        rows.append({"task": block["task"], "what": what, "series": p["label"], "command": block["command"],
+                     "source": src})
     return rows
 
 
