@@ -13,6 +13,9 @@
 #                     of 8 + 8) at 0.6x real-length MACs
 #   e  tokens_<model> (b), (c) in the token unit (l_0 = 192): the authors' smallest sub-model at p = 0.2 and
 #                     searches at 0.5x and 0.45x padded MACs
+#   f  last_layer at 0.6x, reachable: (c) with p = 0.35 (at p = 0.2 no last_layer configuration is as cheap
+#                     as 0.6x, and stage d's search fails), at full length and searched at 0.6x (about 20 minutes
+#                     after (a))
 # Each run's small outputs (results.json, frontier.json, the log's last lines; never checkpoints) go to
 # docs/benchmarks/squad/<stage>/<run>/; a run whose results.json is there is skipped, so rerunning resumes. A
 # training stage whose checkpoint (under RUNS) is gone retrains while a later stage still needs it (the log
@@ -22,7 +25,7 @@ set -euo pipefail
 DATA=${1:-../shared/data}
 RUNS=${2:-runs/squad_restore}
 Q=${3:-null}
-STAGES=${4:-a b c d e}
+STAGES=${4:-a b c d e f}
 DOCS=docs/benchmarks/squad
 PY=${PYTHON:-.venv/bin/python}
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
@@ -59,7 +62,7 @@ trained() {  # trained <stage> <name>: the checkpoint exists, or the stage must 
 }
 
 FULL="$RUNS/a/full" OUT_MODEL="$RUNS/b/ld_output" LAST_MODEL="$RUNS/c/ld_last_layer"
-if has a || has b || has c || has d; then
+if has a || has b || has c || has d || has f; then
   trained a full || run a full method=full "data.max_train_samples=$Q" trainer.max_epochs=1 "label=full"
 fi
 if has b || has c || has d || has e; then
@@ -123,4 +126,12 @@ print('{unit:tokens,values:[' + ','.join(map(str, g(0.8, 6, 192, 2))) + ']}')")
           "label='lengthdrop ($mode), tokens, searched (padded budget)'"
     done
   done
+fi
+
+if has f; then
+  P35=("${LD[@]}" method.length_drop_prob=0.35 model.restore=last_layer)
+  trained f ld_last_layer_p0.35 || run f ld_last_layer_p0.35 "${P35[@]}" "init_from=$FULL" data.max_train_samples=4000 \
+      trainer.max_epochs=1 method.search.enabled=false "label='lengthdrop (last_layer, p = 0.35)'"
+  run f last_layer_p0.35_search_0.6 "${P35[@]}" "init_from=$RUNS/f/ld_last_layer_p0.35" train=false \
+      method.search.enabled=true method.search.budget=0.6 "label='lengthdrop (last_layer, p = 0.35), searched'"
 fi
