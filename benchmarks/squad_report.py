@@ -107,7 +107,6 @@ def main(docs: Path) -> None:
         above = [(x, y - e) for x, y in last if 0.5 <= x <= 0.9 and (e := envelope_at(out, x)) is not None]
         print(f"- last_layer above output from 0.5x to 0.9x real-length MACs: {sum(d > 0 for _, d in above)} of "
               f"{len(above)} points (margins {', '.join(f'{d:+.1f}' for _, d in above)}).")
-        own = full.get("last_layer_full_length")
         failed_search = [r for r in failed if r["stage"] == "d" and r["run"].startswith("last_layer_search")]
         reach = {r["run"]: r for r in rows if r["stage"] == "f"}
         searched, model = reach.get("last_layer_p0.35_search_0.6"), reach.get("ld_last_layer_p0.35")

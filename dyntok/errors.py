@@ -17,6 +17,10 @@ class CheckpointError(DyntokError, ValueError):
     """A checkpoint does not fit the model or method it is loaded into."""
 
 
+class NumericalError(DyntokError):
+    """The training loss became NaN or infinite (the message names the step and the checkpoint to resume)."""
+
+
 class UntrustedCheckpointError(CheckpointError):
     """A checkpoint holds more than tensors and plain data: unpickling it could run code, so it was refused.
 

@@ -103,9 +103,7 @@ def test_report_accumulates():
     # tokens kept after each layer over all 30 input tokens: layer 1 6 + 10 + 10, layer 2 3 + 10 + 10
     assert rep.retention == pytest.approx([26 / 30, 23 / 30])
     assert (out["retention_l1"], out["retention_l2"]) == pytest.approx((26 / 30, 23 / 30))
-    other = MacsReport(TINY, max_length=20)
-    other.update(torch.tensor([10]), torch.tensor([[6, 3]]))
-    assert rep.merge(other).examples == 4
+    assert rep.reduce(lambda t: 2 * t).examples == 6  # summed over two processes holding the same batches
     rep.reset()
     assert math.isnan(rep.compute()["macs_ratio"]) and rep.retention == []
     assert math.isnan(MacsReport(TINY).padded_ratio)

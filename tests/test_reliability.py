@@ -18,12 +18,11 @@ import torch
 
 from dyntok.core.model import DynTokModel
 from dyntok.data.tasks import get_task
-from dyntok.errors import CheckpointError, ConfigError
+from dyntok.errors import CheckpointError, ConfigError, NumericalError
 from dyntok.methods.callbacks import (
     AtomicCheckpointIO,
     FiniteLossGuard,
     LastCheckpoint,
-    NumericalError,
     RngState,
 )
 from dyntok.methods.checkpoint import check_resumable, load_init_weights

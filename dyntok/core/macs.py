@@ -257,12 +257,6 @@ class MacsReport(torchmetrics.Metric):
     def _head(self, n: torch.Tensor) -> float:
         return head_macs(self.dims, n, self.problem).sum().item() if self.problem else 0.0
 
-    def merge(self, other: MacsReport) -> MacsReport:
-        """Add another report's totals (e.g. from another process) into this one; returns self."""
-        for name in ("total", "total_full", "total_padded", "examples_f", "input_tokens", "kept_tokens"):
-            setattr(self, name, getattr(self, name) + getattr(other, name).to(getattr(self, name).device))
-        return self
-
     def reduce(self, sum_fn: Callable[[torch.Tensor], torch.Tensor], device: Any = None) -> MacsReport:
         """Replace the totals by their sum over processes with ``sum_fn`` (all-reduces a float64 tensor on
         ``device``); returns self. In a Trainer ``compute()`` does this by itself. MACs are whole numbers, so

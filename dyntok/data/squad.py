@@ -67,10 +67,6 @@ class SquadExamples:
         d["answers"] = [[(int(s), t) for s, t in a] for a in d["answers"]]
         return cls(**d)
 
-    @classmethod
-    def concat(cls, parts: Sequence[SquadExamples]) -> SquadExamples:
-        return cls(*([x for p in parts for x in getattr(p, f.name)] for f in fields(cls)))
-
 
 def read_squad_json(path: Path) -> SquadExamples:
     """The questions of a SQuAD v1.1 JSON file, in file order.

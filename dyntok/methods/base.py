@@ -285,10 +285,9 @@ class TaskModule(L.LightningModule):
         """AdamW over the encoder and head (weight decay except on biases and LayerNorm weights) and the
         method's own groups, each on its ``schedule`` (one ``LambdaLR``)."""
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        for p in self.model.parameters():
+            if p.requires_grad:  # biases and LayerNorm weights are the 1-D tensors
+                (no_decay if p.ndim < 2 else decay).append(p)
         groups = [
             {"params": decay, "weight_decay": self.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},

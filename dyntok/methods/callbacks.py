@@ -27,13 +27,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
-from dyntok.errors import DyntokError
+from dyntok.errors import NumericalError
 
 log = logging.getLogger("dyntok")
-
-
-class NumericalError(DyntokError):
-    """The training loss became NaN or infinite."""
 
 
 class RngState(L.Callback):

@@ -111,10 +111,6 @@ class LengthDropModule(TaskModule):
             subs.append((self.sample_lengths(ref_length, skip), skip))
         return subs
 
-    def sandwich_configs(self, ref_length: int) -> list[LengthConfig]:
-        """The length configurations of :meth:`sandwich`."""
-        return [cfg for cfg, _ in self.sandwich(ref_length)]
-
     # ---- training ----------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         # Reproducible sampling that also survives a resume from a checkpoint.
