@@ -145,6 +145,62 @@ def test_every_experiment_and_group_option_composes_and_instantiates(override):
     OmegaConf.to_container(cfg.trainer, resolve=True)
 
 
+# a tiny architecture of each hub model's type: the group's options are built without downloading weights
+_TINY_ARCH = {"bert": dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64),
+              "roberta": dict(vocab_size=50265, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=64),
+              "distilbert": dict(vocab_size=30522, dim=32, n_layers=2, n_heads=4, hidden_dim=64)}
+_HUB_TYPE = {"bert_base": "bert", "distilbert": "distilbert", "roberta_base": "roberta"}
+
+
+@pytest.mark.parametrize("override", [*(f"{g}={o}" for g in ("method", "task", "model", "regularizer", "logger",
+                                                            "device") for o in _options(g)),
+                                      *(f"hydra/launcher={o}" for o in _options("hydra/launcher"))])
+def test_every_option_of_every_other_group_instantiates(override, tmp_path):
+    """Each option of the method, task, model, regularizer, logger, device and launcher groups, as a run composes
+    it, builds what it names (the method's module, the task's DataModule and head, the model, the logger, the
+    trainer's arguments, the launcher)."""
+    import lightning as L
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from dyntok.core.model import DynTokModel
+    from dyntok.data.tasks import get_task
+    from dyntok.methods.build import build_method, build_model, instantiate
+    from dyntok.methods.train import _trainer_kwargs
+    from tests.conftest import TINY_BERT
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[override, "data_dir=/nowhere"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    group, option = override.split("=")
+    task = get_task(cfg.task.name)
+    if group == "model":
+        kind = _HUB_TYPE.get(option)
+        arch = {"model_type": kind, **_TINY_ARCH[kind]} if kind else None
+        model = build_model(cfg.model, task, backbone_config=arch)  # minilm: the packaged weights; tiny: random
+        assert model.encoder.backbone.config.model_type == (kind or "bert")
+    else:
+        model = DynTokModel.from_pretrained(None, task.problem, task.num_labels, config=TINY_BERT)
+    module = build_method(cfg, model, task)
+    assert module.method_name == cfg.method.name
+    assert instantiate(cfg.data).task.name == task.name
+    if cfg.logger.get("_target_"):
+        logger = instantiate(cfg.logger)
+        assert Path(logger.save_dir) == tmp_path
+    kw = _trainer_kwargs(cfg)
+    if kw["accelerator"] == "cpu":
+        L.Trainer(**kw, logger=False, enable_checkpointing=False)
+    else:  # no GPU here: the arguments are what the device option says
+        assert kw["precision"] == "bf16-mixed" and kw["deterministic"] is False
+    if group == "hydra/launcher":
+        launcher = instantiate(cfg.hydra.launcher)
+        assert type(launcher).__name__.lower().startswith(option)
+
+
 def test_the_main_job_drops_tokens():
     cfg = _compose([])
     assert cfg.method.name == "gates" and cfg.task.name == "rotten_tomatoes" and cfg.speedup.enabled
