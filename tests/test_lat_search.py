@@ -274,3 +274,45 @@ def test_bf16_scoring_runs_under_autocast_and_stays_close(tokenizer):
     assert abs(scores["bf16"] - scores["fp32"]) <= 2 / len(texts)  # an example or two at most
     with pytest.raises(ConfigError, match="method.search.precision"):
         LengthDropModule(model=model, task=get_task("sst2"), search={"precision": "fp16"})
+
+
+def _their_initial_genes(p: float, count: int, layers: int, length: int) -> list[tuple[int, ...]]:
+    """``run_glue.py``'s initial population as its code runs (``approx_ratio`` with its 12 x 384 defaults,
+    ``inverse``, ``sample_length_configuration(length_drop_ratio=...)``, ``min_length`` 2)."""
+    import numpy as np
+
+    def approx_ratio(x, n=12, size=384):
+        s, i = 0, size
+        for _ in range(n):
+            i = int(np.ceil(i * (1 - x)))
+            s += i
+        return s / (n * size)
+
+    def inverse(x):
+        lo, hi = 0, 1
+        while hi - lo > 1e-12:
+            c = (lo + hi) / 2
+            lo, hi = (c, hi) if x <= approx_ratio(c) else (lo, c)
+        return lo
+
+    def gene(ratio):
+        out, cur = (), length
+        for _ in range(layers):
+            cur = max(int(np.ceil(cur * (1 - ratio))), 2)
+            out += (cur,)
+        return out
+
+    return [gene(inverse(r)) for r in np.linspace(approx_ratio(p), 1, count + 2)[1:-1]]
+
+
+def test_the_initial_population_is_the_authors_at_their_shape_and_their_code_at_any_other():
+    from dyntok.methods.evolution import authors_code_genes, retention_spaced_genes
+
+    theirs = _their_initial_genes(0.2, 20, 12, 384)
+    assert retention_spaced_genes(0.2, 20, 12, 384, 2) == theirs == authors_code_genes(0.2, 20, 12, 384, 2)
+    small = _their_initial_genes(0.35, 20, 6, 128)
+    assert authors_code_genes(0.35, 20, 6, 128, 2) == small
+    assert len(set(retention_spaced_genes(0.35, 20, 6, 128, 2)) & set(small)) < 5  # the rule, not their code
+    search = EvolutionarySearch(lambda g: 0.5, lambda g: float(sum(g)), num_layers=6, ref_length=128,
+                                length_drop_prob=0.35, init="authors_code")
+    assert search.initial_population()[2:] == [g for g in small if g not in search.initial_population()[:2]]

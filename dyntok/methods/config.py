@@ -76,8 +76,9 @@ class SearchConfig:
     """MACs at each input's real length (``real``, dyntok's) or of the configuration on an input padded to
     ``max_length`` (``padded``, the papers' count); results report both."""
     init: str = "retention"
-    """Initial population: evenly spaced in mean retention (``retention``, the authors') or in constant ratio
-    (``ratio``, dyntok's earlier one)."""
+    """Initial population: evenly spaced in mean retention for this model's layers and length (``retention``,
+    the authors' rule), their code as written with its retention fixed at 12 layers x 384 tokens
+    (``authors_code``), or evenly spaced in constant ratio (``ratio``, dyntok's earlier one)."""
     fill: str = "population"
     """Offspring: draw until that many in-bounds genes not in the current population were accepted
     (``population``, the authors'; one scored before is replayed free), genes never scored in this search

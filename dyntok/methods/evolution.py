@@ -14,10 +14,16 @@ The operators, as the authors' (default) and dyntok's earlier variants (named op
 - **Initial population** (``run_glue.py``: ``lower_gene``, ``upper_gene``, ``inverse(approx_ratio(...))``): the
   smallest gene (l_j = ceil((1 - p) l_{j-1}), the LengthDrop floor), the full one, and ``population``
   constant-drop genes whose mean retention sum_j l_j / (L T_ref) is evenly spaced between theirs
-  (``init="retention"``; ``"ratio"``: ``population`` genes l_j = ceil(q l_{j-1}), q evenly spaced in [1 - p, 1]).
+  (``init="retention"``, the default: the authors' rule for this model's L and T_ref). Their code computes the
+  retention at 12 layers x 384 tokens whatever the model (``approx_ratio``'s defaults), so at other shapes its
+  genes are spaced unevenly (at 12 x 384 the two give the same genes): ``"authors_code"`` reproduces it as
+  written (:func:`authors_code_genes`).
+  ``"ratio"``: ``population`` genes l_j = ceil(q l_{j-1}), q evenly spaced in [1 - p, 1] (dyntok's earlier one).
 - **Population** (``Evolution.pareto_frontier``): at each iteration's start, the Pareto frontier of the
   population plus its most expensive gene (kept whatever it scores, so crossover always has two parents):
-  :func:`search_population`.
+  :func:`search_population`. Of two genes with equal MACs the better one stays; the authors' code meant the
+  same (``del frontier[-1]`` on a tie) but compares a MACs count with a gene's first entry, so there both
+  stay. The reported frontier (``frontier.json``) is the Pareto frontier, without the most expensive gene.
 - **Parents** (``Evolution.mutate`` / ``crossover``: ``random.choice(self.population)``): drawn from the
   population as it grows during the iteration, every accepted gene joining it at once (``parents="population"``);
   ``"frontier"``: from the Pareto frontier alone, fixed at the iteration's start (dyntok's earlier rule).
@@ -30,7 +36,8 @@ The operators, as the authors' (default) and dyntok's earlier variants (named op
   until ``mutations`` (then ``crossovers``) genes were accepted: in bounds and not in the current population
   (``fill="population"``; a gene scored before, even in an earlier run, is replayed from the store at no cost).
   ``"unseen"``: not evaluated before in this search (dyntok's earlier rule); ``"attempts"``: exactly that many
-  draws. An attempt cap (``max_attempts`` per wanted gene) warns when the space is exhausted.
+  draws. An attempt cap (``max_attempts``, 50 draws per wanted gene; the authors' loop has none and would spin
+  forever) ends an iteration with a warning when the space is exhausted.
 - **Bounds** (``Evolution.add_gene``: ``lower_constraint`` / ``upper_constraint``): genes whose MACs fall
   outside [smallest, full] are rejected unevaluated.
 - **Racing** (not in the paper; ``racing=True``): the evaluator also gets the population's envelope at the
@@ -130,6 +137,39 @@ def retention_spaced_genes(drop_bound: float, count: int, num_layers: int, ref_l
             lo, hi = (mid, hi) if retention(mid) >= want else (lo, mid)
         genes.append(constant_ratio_gene(1 - lo, num_layers, ref_length, floor))
     return genes
+
+
+def authors_code_genes(drop_bound: float, count: int, num_layers: int, ref_length: int,
+                       floor: int = GENE_FLOOR) -> list[Gene]:
+    """``count`` constant-drop genes as the authors' code draws them (``run_glue.py``: ``inverse(r)`` for r in
+    ``np.linspace(approx_ratio(p), 1, count + 2)[1:-1]``), with ``approx_ratio`` as written there: fixed at
+    12 layers x 384 tokens whatever the model. Each drop ratio x makes a gene as their
+    ``sample_length_configuration(length_drop_ratio=x)``: l_j = max(ceil(l_{j-1} (1 - x)), floor) in floating
+    point, at this model's ``num_layers`` and ``ref_length``. At other shapes than 12 x 384 the genes' mean
+    retention is not evenly spaced."""
+    def approx_ratio(x: float, n: int = 12, length: int = 384) -> float:
+        total, i = 0, length
+        for _ in range(n):
+            i = math.ceil(i * (1 - x))
+            total += i
+        return total / (n * length)
+
+    def inverse(r: float) -> float:
+        lo, hi = 0.0, 1.0
+        while hi - lo > 1e-12:
+            c = (lo + hi) / 2
+            lo, hi = (c, hi) if r <= approx_ratio(c) else (lo, c)
+        return lo
+
+    def gene(x: float) -> Gene:
+        out, length = [], ref_length
+        for _ in range(num_layers):
+            length = max(math.ceil(length * (1 - x)), floor)
+            out.append(length)
+        return tuple(out)
+
+    lo_r = approx_ratio(drop_bound)
+    return [gene(inverse(lo_r + (1 - lo_r) * i / (count + 1))) for i in range(1, count + 1)]
 
 
 def mutate(gene: Gene, prob: float, ref_length: int, rng: random.Random, floor: int = 1) -> Gene:
@@ -304,8 +344,8 @@ class EvolutionarySearch:
             raise ConfigError(f"search length_drop_prob must be in (0, 1), got {length_drop_prob}")
         if population < 2 or iterations < 0 or mutations < 0 or crossovers < 0:
             raise ConfigError("search.population must be >= 2 and iterations, mutations, crossovers >= 0")
-        if init not in ("retention", "ratio"):
-            raise ConfigError(f"method.search.init must be 'retention' or 'ratio', got {init!r}")
+        if init not in ("retention", "authors_code", "ratio"):
+            raise ConfigError(f"method.search.init must be 'retention', 'authors_code' or 'ratio', got {init!r}")
         if fill not in ("population", "unseen", "attempts"):
             raise ConfigError(f"method.search.fill must be 'population', 'unseen' or 'attempts', got {fill!r}")
         if parents not in ("population", "frontier"):
@@ -358,9 +398,9 @@ class EvolutionarySearch:
 
     def initial_population(self) -> list[Gene]:
         """The genes evaluated first (``init``), canonical, without repeats."""
-        if self.init == "retention":
-            genes = [self.smallest, self.full, *retention_spaced_genes(self.p, self.population, self.L, self.ref,
-                                                                       self.floor)]
+        if self.init in ("retention", "authors_code"):
+            spaced = retention_spaced_genes if self.init == "retention" else authors_code_genes
+            genes = [self.smallest, self.full, *spaced(self.p, self.population, self.L, self.ref, self.floor)]
         else:
             qs = [(1 - self.p) + self.p * i / (self.population - 1) for i in range(self.population)]
             genes = [constant_ratio_gene(q, self.L, self.ref, self.floor) for q in qs]
