@@ -28,7 +28,7 @@ run() {  # run <dir> <overrides...>: one dyntok.run unless <dir>/results.json ex
   "$PY" -m dyntok.run "${COMMON[@]}" "$@" "hydra.run.dir=$dir"
 }
 tokens() {  # tokens <q>: the constant-drop gene l_j = ceil(q l_{j-1}) from 384, as a token configuration
-  "$PY" -c "import sys; from dyntok.methods.evolution import constant_ratio_gene as g; \
+  "$PY" -c "import sys; from dyntok.methods.genes import constant_ratio_gene as g; \
 print('{unit:tokens,values:[' + ','.join(map(str, g(float(sys.argv[1]), 6, 384, 2))) + ']}')" "$1"
 }
 

@@ -113,7 +113,7 @@ if has d; then
 fi
 
 if has e; then
-  SMALLEST=$("$PY" -c "from dyntok.methods.evolution import constant_ratio_gene as g; \
+  SMALLEST=$("$PY" -c "from dyntok.methods.genes import constant_ratio_gene as g; \
 print('{unit:tokens,values:[' + ','.join(map(str, g(0.8, 6, 192, 2))) + ']}')")
   for mode in output last_layer; do
     M="$RUNS/b/ld_output"; [ "$mode" = last_layer ] && M="$RUNS/c/ld_last_layer"

@@ -16,15 +16,8 @@ from dyntok.core.lengths import LengthConfig
 from dyntok.core.macs import ModelDims, full_macs, length_config_macs
 from dyntok.core.model import DynTokModel
 from dyntok.evaluation.frontier import Point, pareto_frontier
-from dyntok.methods.evolution import (
-    EvolutionarySearch,
-    SearchStore,
-    canonical_gene,
-    constant_ratio_gene,
-    crossover,
-    mutate,
-    search_population,
-)
+from dyntok.methods.evolution import EvolutionarySearch, SearchStore
+from dyntok.methods.genes import canonical_gene, constant_ratio_gene, crossover, mutate, search_population
 from tests.conftest import TINY_BERT
 
 # ---- 1. restore="last_layer": the last entry is out of the gene's bounds ---------------------------------
@@ -306,7 +299,7 @@ def _their_initial_genes(p: float, count: int, layers: int, length: int) -> list
 
 
 def test_the_initial_population_is_the_authors_at_their_shape_and_their_code_at_any_other():
-    from dyntok.methods.evolution import authors_code_genes, retention_spaced_genes
+    from dyntok.methods.genes import authors_code_genes, retention_spaced_genes
 
     theirs = _their_initial_genes(0.2, 20, 12, 384)
     assert retention_spaced_genes(0.2, 20, 12, 384, 2) == theirs == authors_code_genes(0.2, 20, 12, 384, 2)

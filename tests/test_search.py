@@ -16,7 +16,8 @@ from dyntok.evaluation.frontier import (
     near_frontier,
     pareto_frontier,
 )
-from dyntok.methods.evolution import EvolutionarySearch, SearchStore, constant_ratio_gene, crossover, mutate
+from dyntok.methods.evolution import EvolutionarySearch, SearchStore
+from dyntok.methods.genes import constant_ratio_gene, crossover, mutate
 
 
 def monotone_gene(max_len: int = 64, layers: int = 6):
@@ -145,7 +146,7 @@ def test_store_from_another_search_is_refused(tmp_path):
 
 
 def test_initial_population_is_the_authors():
-    from dyntok.methods.evolution import mean_retention, retention_spaced_genes
+    from dyntok.methods.genes import mean_retention, retention_spaced_genes
 
     genes = retention_spaced_genes(0.2, 4, 6, 384)
     low = mean_retention(constant_ratio_gene(0.8, 6, 384, 2), 384)

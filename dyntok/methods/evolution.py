@@ -7,7 +7,7 @@ A **gene** is a non-increasing tuple (l_1, ..., l_L) of kept tokens at a referen
 tokens keeps min(l_j, n); with ``ratio`` (dyntok's default) it acts as the ratios l_j / T_ref of each input's
 real length (see :class:`dyntok.core.lengths.LengthConfig`). Objectives: compute (MACs, lower is better) and task
 score (higher is better). With ``model.restore=last_layer`` the last layer runs on every token, so a gene's last
-entry is no choice: it is held at the floor (:func:`canonical_gene`) and bounds nothing.
+entry is no choice: it is held at the floor (:func:`~dyntok.methods.genes.canonical_gene`) and bounds nothing.
 
 The operators, as the authors' (default) and dyntok's earlier variants (named options):
 
@@ -17,11 +17,11 @@ The operators, as the authors' (default) and dyntok's earlier variants (named op
   (``init="retention"``, the default: the authors' rule for this model's L and T_ref). Their code computes the
   retention at 12 layers x 384 tokens whatever the model (``approx_ratio``'s defaults), so at other shapes its
   genes are spaced unevenly (at 12 x 384 the two give the same genes): ``"authors_code"`` reproduces it as
-  written (:func:`authors_code_genes`).
+  written (:func:`~dyntok.methods.genes.authors_code_genes`).
   ``"ratio"``: ``population`` genes l_j = ceil(q l_{j-1}), q evenly spaced in [1 - p, 1] (dyntok's earlier one).
 - **Population** (``Evolution.pareto_frontier``): at each iteration's start, the Pareto frontier of the
   population plus its most expensive gene (kept whatever it scores, so crossover always has two parents):
-  :func:`search_population`. Of two genes with equal MACs the better one stays; the authors' code meant the
+  :func:`~dyntok.methods.genes.search_population`. Of two genes with equal MACs the better one stays; the authors' code meant the
   same (``del frontier[-1]`` on a tie) but compares a MACs count with a gene's first entry, so there both
   stay. The reported frontier (``frontier.json``) is the Pareto frontier, without the most expensive gene.
 - **Parents** (``Evolution.mutate`` / ``crossover``: ``random.choice(self.population)``): drawn from the
@@ -29,9 +29,9 @@ The operators, as the authors' (default) and dyntok's earlier variants (named op
   ``"frontier"``: from the Pareto frontier alone, fixed at the iteration's start (dyntok's earlier rule).
 - **Mutation** (``Evolution.mutate``): each layer resampled with probability ``mutation_prob`` uniformly in
   [l_{j+1} of the parent, l_{j-1} of the mutant] (the first layer's upper bound T_ref, the last layer's lower
-  bound ``floor`` = 2, the authors' ``min_length``), so the gene stays monotone: :func:`mutate`.
+  bound ``floor`` = 2, the authors' ``min_length``), so the gene stays monotone: :func:`~dyntok.methods.genes.mutate`.
 - **Crossover** (``Evolution.crossover``): two distinct parents (``random.sample(population, 2)``), element-wise
-  (a + b + 1) // 2, the ceiling of the mean: :func:`crossover`.
+  (a + b + 1) // 2, the ceiling of the mean: :func:`~dyntok.methods.genes.crossover`.
 - **Offspring** (``run_glue.py``: ``while k < mutation_size: if trainer.mutate(...): k += 1``): draws go on
   until ``mutations`` (then ``crossovers``) genes were accepted: in bounds and not in the current population
   (``fill="population"``; a gene scored before, even in an earlier run, is replayed from the store at no cost).
@@ -49,9 +49,8 @@ re-evaluation), so an interrupted search resumes and ends with the same frontier
 The search of a trained model, with the budget's choice and optional re-scoring:
 :class:`dyntok.methods.search.LengthSearch`.
 
-This module is one piece, a little over 400 lines: the operators, the resumable store and the loop that
-ties them share the gene bounds and the acceptance rule, and each operator is documented beside its
-source function in the authors' code.
+The gene operators live in :mod:`dyntok.methods.genes`; this module holds the resumable store and the loop
+that applies them under the gene bounds and the acceptance rule.
 """
 
 from __future__ import annotations
@@ -62,131 +61,27 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dyntok.core.lengths import ceil_share
 from dyntok.errors import ConfigError, DataError
-from dyntok.evaluation.frontier import (
-    Point,
-    pareto_frontier,
-)
+from dyntok.evaluation.frontier import Point, pareto_frontier
 from dyntok.methods.config import LengthDropConfig, SearchConfig
+from dyntok.methods.genes import (
+    GENE_FLOOR,
+    Gene,
+    authors_code_genes,
+    constant_ratio_gene,
+    crossover,
+    mutate,
+    retention_spaced_genes,
+    search_population,
+)
 
-Gene = tuple[int, ...]
 log = logging.getLogger("dyntok")
-
-
-GENE_FLOOR = 2  # fewest tokens a gene keeps at its last layer (the authors' min_length)
-
-
-def constant_ratio_gene(q: float, num_layers: int, ref_length: int, floor: int = 1,
-                        skip: Sequence[bool] | None = None) -> Gene:
-    """l_j = max(ceil(q * l_{j-1}), floor), l_0 = ref_length (q = 1 - p: the LengthDrop smallest sub-model);
-    a layer ``skip`` marks (LayerDrop) keeps its input length, so the chain steps only at layers that run (the
-    authors' ``sample_length_configuration`` with a ``layer_config``)."""
-    genes, cur = [], ref_length
-    for j in range(num_layers):
-        if skip is None or not skip[j]:
-            cur = max(floor, ceil_share(q, cur))
-        genes.append(cur)
-    return tuple(genes)
-
-
-def canonical_gene(gene: Gene, restore: str | None, floor: int) -> Gene:
-    """The gene as the search keeps it. ``restore="last_layer"``: the last layer runs on every token whatever
-    its entry says, so the entry is held at ``floor``; it then bounds nothing (a copy of the entry before it
-    would be the lower bound of that entry in :func:`mutate`, which could then never fall)."""
-    return (*gene[:-1], floor) if restore == "last_layer" and len(gene) > 1 else tuple(gene)
-
-
-def search_population(points: Sequence[Point]) -> list[Point]:
-    """The parents of an iteration: the Pareto frontier of ``points`` plus the most expensive point (highest
-    MACs, then score), as the authors' ``Evolution.pareto_frontier`` always keeps the last gene; sorted by MACs."""
-    front = pareto_frontier(points)
-    if points:
-        top = max(points, key=lambda p: (p.macs, p.score))
-        if top.gene not in {p.gene for p in front}:
-            front.append(top)
-    return front
-
-
-def mean_retention(gene: Gene, ref_length: int) -> float:
-    """sum_j l_j / (L * T_ref): the share of token-layers kept (the authors' ``approx_ratio``)."""
-    return sum(gene) / (len(gene) * ref_length)
-
-
-def retention_spaced_genes(drop_bound: float, count: int, num_layers: int, ref_length: int,
-                           floor: int = GENE_FLOOR) -> list[Gene]:
-    """``count`` constant-drop genes (l_j = ceil((1 - x) l_{j-1})) whose :func:`mean_retention` is evenly
-    spaced strictly between the smallest gene's (x = ``drop_bound``) and 1, each x found by bisection
-    (the authors' ``inverse`` of ``approx_ratio``)."""
-    def retention(x: float) -> float:
-        return mean_retention(constant_ratio_gene(1 - x, num_layers, ref_length, floor), ref_length)
-
-    lo_r = retention(drop_bound)
-    genes = []
-    for i in range(1, count + 1):
-        want = lo_r + (1 - lo_r) * i / (count + 1)
-        lo, hi = 0.0, drop_bound  # retention falls as x grows
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if retention(mid) >= want else (lo, mid)
-        genes.append(constant_ratio_gene(1 - lo, num_layers, ref_length, floor))
-    return genes
-
-
-def authors_code_genes(drop_bound: float, count: int, num_layers: int, ref_length: int,
-                       floor: int = GENE_FLOOR) -> list[Gene]:
-    """``count`` constant-drop genes as the authors' code draws them (``run_glue.py``: ``inverse(r)`` for r in
-    ``np.linspace(approx_ratio(p), 1, count + 2)[1:-1]``), with ``approx_ratio`` as written there: fixed at
-    12 layers x 384 tokens whatever the model. Each drop ratio x makes a gene as their
-    ``sample_length_configuration(length_drop_ratio=x)``: l_j = max(ceil(l_{j-1} (1 - x)), floor) in floating
-    point, at this model's ``num_layers`` and ``ref_length``. At other shapes than 12 x 384 the genes' mean
-    retention is not evenly spaced."""
-    def approx_ratio(x: float, n: int = 12, length: int = 384) -> float:
-        total, i = 0, length
-        for _ in range(n):
-            i = math.ceil(i * (1 - x))
-            total += i
-        return total / (n * length)
-
-    def inverse(r: float) -> float:
-        lo, hi = 0.0, 1.0
-        while hi - lo > 1e-12:
-            c = (lo + hi) / 2
-            lo, hi = (c, hi) if r <= approx_ratio(c) else (lo, c)
-        return lo
-
-    def gene(x: float) -> Gene:
-        out, length = [], ref_length
-        for _ in range(num_layers):
-            length = max(math.ceil(length * (1 - x)), floor)
-            out.append(length)
-        return tuple(out)
-
-    lo_r = approx_ratio(drop_bound)
-    return [gene(inverse(lo_r + (1 - lo_r) * i / (count + 1))) for i in range(1, count + 1)]
-
-
-def mutate(gene: Gene, prob: float, ref_length: int, rng: random.Random, floor: int = 1) -> Gene:
-    """Resample each layer with probability ``prob`` uniformly in [l_{j+1}, l_{j-1}] (monotone kept; the
-    last layer's lower bound is ``floor``, the first's upper bound ``ref_length``)."""
-    g = list(gene)
-    for j in range(len(g)):
-        if rng.random() < prob:
-            hi = g[j - 1] if j > 0 else ref_length
-            lo = g[j + 1] if j + 1 < len(g) else floor
-            g[j] = rng.randint(min(lo, hi), hi)
-    return tuple(g)
-
-
-def crossover(a: Gene, b: Gene) -> Gene:
-    """Element-wise (x + y + 1) // 2, the ceiling of the mean, of two monotone genes (monotone again)."""
-    return tuple((x + y + 1) // 2 for x, y in zip(a, b, strict=True))
 
 
 class SearchStore:
@@ -323,7 +218,7 @@ class EvolutionarySearch:
             ``unseen`` (new to this search) or ``attempts`` (that many draws).
         floor: fewest tokens of a gene's last layer (authors' 2).
         max_attempts: draws per wanted gene before an iteration gives up (with a warning).
-        canonical: maps a gene to the one it runs as (:func:`canonical_gene`), so equivalent genes are one.
+        canonical: maps a gene to the one it runs as (:func:`~dyntok.methods.genes.canonical_gene`), so equivalent genes are one.
         racing: pass the envelope to ``evaluate`` (see ``evaluate``).
 
     Raises:

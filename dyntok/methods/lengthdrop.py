@@ -25,7 +25,7 @@ from dyntok.core.lengths import LengthConfig, ceil_share
 from dyntok.methods.base import TaskModule, distillation_loss
 from dyntok.methods.checkpoint import method_of
 from dyntok.methods.config import LengthDropConfig, TrainingConfig
-from dyntok.methods.evolution import GENE_FLOOR, constant_ratio_gene
+from dyntok.methods.genes import GENE_FLOOR, constant_ratio_gene
 from dyntok.methods.search import LengthSearch
 
 log = logging.getLogger("dyntok")

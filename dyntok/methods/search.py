@@ -31,15 +31,8 @@ from dyntok.evaluation.frontier import (
     pareto_frontier,
 )
 from dyntok.evaluation.results import format_table
-from dyntok.methods.evolution import (
-    EvolutionarySearch,
-    Gene,
-    SearchResult,
-    SearchStore,
-    canonical_gene,
-    constant_ratio_gene,
-    progress_bar,
-)
+from dyntok.methods.evolution import EvolutionarySearch, SearchResult, SearchStore, progress_bar
+from dyntok.methods.genes import Gene, canonical_gene, constant_ratio_gene
 
 log = logging.getLogger("dyntok")
 
@@ -76,7 +69,7 @@ class LengthSearch:
         return LengthConfig.from_counts(gene, self.ref, self.unit)
 
     def canonical(self, gene: Gene) -> Gene:
-        """The gene as the search keeps it (:func:`~dyntok.methods.evolution.canonical_gene`): with
+        """The gene as the search keeps it (:func:`~dyntok.methods.genes.canonical_gene`): with
         ``restore="last_layer"`` the last entry is held at the floor, the layer running every token."""
         return canonical_gene(gene, self.restore, self.m.floor)
 
