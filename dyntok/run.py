@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from dyntok.errors import DyntokError, user_message
-from dyntok.methods.config import register_schemas
+from dyntok.methods.schemas import register_schemas
 from dyntok.methods.train import hydra_run_dir, train
 
 log = logging.getLogger("dyntok")

@@ -134,7 +134,7 @@ def stored_run_config(state: dict[str, Any]) -> dict[str, Any]:
     Raises:
         CheckpointError: no run config stored, or a method (name or class) that is not dyntok's.
     """
-    from dyntok.methods.config import METHOD_NODES
+    from dyntok.methods.schemas import METHOD_NODES
 
     meta, path = state["dyntok"], state.get("path", "checkpoint")
     cfg = meta.get("config")

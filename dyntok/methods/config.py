@@ -1,7 +1,7 @@
 """Typed options of the methods: one dataclass per group of options, each field with its unit, default and
-source, and each range check once (``__post_init__``). The Hydra config nodes are these dataclasses
-(registered in Hydra's ConfigStore as ``schema/method/<name>`` and ``schema/data``), so a misspelt key or a
-value of the wrong type fails at composition, and a value out of range when the method is built.
+source, and each range check once (``__post_init__``). The Hydra config nodes built from them
+(:mod:`dyntok.methods.schemas`) make a misspelt key or a value of the wrong type fail at composition, and a
+value out of range fail when the method is built.
 """
 
 from __future__ import annotations
@@ -349,74 +349,3 @@ class PowerBertConfig:
                 "method.regularizer_lambda must be >= 0, method.retention_lr > 0, method.max_length >= 1 and "
                 f"method.retrain_epochs >= 0, got {self.regularizer_lambda}, {self.retention_lr}, "
                 f"{self.max_length}, {self.retrain_epochs}")
-
-
-# ---- the Hydra nodes ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Method:
-    name: str = "full"
-    """The method's name in results and run folders."""
-
-
-@dataclass
-class FullNode(TrainingConfig, _Method):
-    """``method=full``."""
-
-    _target_: str = "dyntok.methods.full.FullFineTuning"
-
-
-@dataclass
-class GatesNode(GatesConfig, TrainingConfig, _Method):
-    """``method=gates``."""
-
-    _target_: str = "dyntok.methods.gates.GatesModule"
-
-
-@dataclass
-class LengthDropNode(LengthDropConfig, TrainingConfig, _Method):
-    """``method=lengthdrop``."""
-
-    _target_: str = "dyntok.methods.lengthdrop.LengthDropModule"
-
-
-@dataclass
-class PowerBertNode(PowerBertConfig, TrainingConfig, _Method):
-    """``method=powerbert``."""
-
-    _target_: str = "dyntok.methods.powerbert.PowerBertModule"
-
-
-@dataclass
-class DataNode(DataConfig):
-    """The ``data`` node: :class:`dyntok.data.DynTokDataModule`'s options."""
-
-    _target_: str = "dyntok.data.DynTokDataModule"
-
-
-# dyntok's methods by their ``method=`` name: the only classes a checkpoint may name
-METHOD_NODES: dict[str, type] = {"full": FullNode, "gates": GatesNode, "lengthdrop": LengthDropNode,
-                                 "powerbert": PowerBertNode}
-
-
-def register_schemas() -> None:
-    """Put the nodes into Hydra's ConfigStore (``schema/method/{full,gates,lengthdrop,powerbert}``, ``schema/data``,
-    ``schema/speedup``, ``schema/checkpoint``),
-    where the shipped YAML files extend them. Idempotent."""
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import DictConfig
-
-    cs = ConfigStore.instance()
-    for name, node in METHOD_NODES.items():
-        cs.store(group="schema/method", name=name, node=node)
-    # lambda is a Python keyword, so no dataclass field: a dict node whose values must be floats
-    cs.store(group="schema", name="regularizer",
-             node=DictConfig(GatesConfig.__dataclass_fields__["regularizer"].default_factory(), element_type=float,
-                             key_type=str))
-    cs.store(group="schema", name="data", node=DataNode)
-    cs.store(group="schema", name="speedup", node=SpeedupConfig)
-    cs.store(group="schema", name="checkpoint", node=CheckpointConfig)
-
-
-register_schemas()
