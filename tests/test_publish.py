@@ -189,3 +189,25 @@ def test_the_main_job_sentence_gives_the_recorded_install_time(site):
     publish(site / "spec.yaml", site)
     assert "The install above took 3.7 minutes on 4 cores of Test CPU (fresh venv; record: `install.json`)." in \
         (site / "README.md").read_text()
+
+
+def test_the_papers_count_is_a_column_where_asked_and_not_recorded_where_missing(site):
+    for seed in (1, 2, 3):
+        path = site / "runs" / f"gates_seed{seed}" / "results.json"
+        rec = json.loads(path.read_text())
+        rec["splits"]["test"]["paper_macs_ratio"] = 0.4 + seed / 100
+        path.write_text(json.dumps(rec))
+    (site / "README.md").write_text("<!-- dyntok:t:begin -->\n<!-- dyntok:t:end -->\n")
+    (site / "spec.yaml").write_text("""
+t:
+  file: README.md
+  papers_count: true
+  rows:
+    - {task: T, what: full, command: "`a`", source: {compare: compare.json, label: full model}}
+    - {task: T, what: gates, command: "`c`", source: {run: "runs/gates_seed*/results.json"}}
+""")
+    publish(site / "spec.yaml", site)
+    text = (site / "README.md").read_text()
+    assert "| MACs ratio, padded | MACs ratio, papers' count |" in text
+    assert "| T | full | `a` | 1 | 85.00 | 1.00 | 0.20 | not recorded | 1.00x |" in text
+    assert "| T | gates | `c` | 3 | 81.00 +- 1.00 | 0.50 | 0.10 | 0.42 | 1.70x (run's own) |" in text

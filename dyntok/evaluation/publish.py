@@ -16,7 +16,7 @@ which ``--check`` compares). Three kinds of record feed a row:
 
 A block ``onnx: [PATH, ...]`` is the latency table of ``benchmarks/onnx_latency.py`` records.
 
-A row may name a ``reference`` (another row's ``id``: ``method=full`` trained as long); the table then gives
+A table block with ``papers_count: true`` adds the papers' MACs count. A row may name a ``reference`` (another row's ``id``: ``method=full`` trained as long); the table then gives
 the difference of the means. A row whose records are not there yet says ``not run yet`` with its ``pending``
 command; without ``pending`` a missing record is an error.
 """
@@ -51,6 +51,8 @@ class Measured:
     wall_s: float | None = None
     failed: str | None = None
     """The error of a run that failed (its numbers are then None)."""
+    paper_macs_ratio: float | None = None
+    """The papers' count: the configuration on one input padded to ``max_length`` against the full model there."""
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -83,7 +85,7 @@ def from_run(path: str | Path, split: str | None = None) -> Measured:
     return Measured(100 * vals[rec["main_metric"]], vals["macs_ratio"], vals["padded_macs_ratio"],
                     speed.get("measured_speedup"), str(path),
                     f"{machine.get('cpu_count', '?')} cores of {machine.get('cpu_model') or 'an unknown CPU'}",
-                    rec.get("wall_time_s"))
+                    rec.get("wall_time_s"), paper_macs_ratio=vals.get("paper_macs_ratio"))
 
 
 def from_compare(path: str | Path, label: str, config: str | None = None, match: dict[str, Any] | None = None
@@ -159,12 +161,15 @@ def _link(source: str, base: Path, i: int) -> str:
     return f"[{i + 1}]({Path(os.path.relpath(source, base)).as_posix()})"
 
 
-def table(rows: list[dict[str, Any]], root: Path, base: Path) -> tuple[str, list[dict[str, Any]]]:
+def table(rows: list[dict[str, Any]], root: Path, base: Path, papers_count: bool = False
+          ) -> tuple[str, list[dict[str, Any]]]:
     """A results table: one row per spec row (``task``, ``what``, ``command``, ``source``; optional ``id``,
     ``reference``, ``pending``, ``digits``, and ``short`` / ``series``: its name on the plot, where rows of one
     series are joined), the metric as mean +- sd over seeds, MACs ratios (means), the
     median measured speed-up and links to the records (relative to ``base``, the folder of the file the table
-    goes into). Where a row names a ``reference``, a column gives the difference of the means.
+    goes into). Where a row names a ``reference``, a column gives the difference of the means; with
+    ``papers_count``, a column gives the papers' MACs count (the configuration on a padded input), where the
+    record has it.
 
     Returns:
         the markdown table, and per row with numbers its plotted point (``what``, means and sds).
@@ -172,14 +177,18 @@ def table(rows: list[dict[str, Any]], root: Path, base: Path) -> tuple[str, list
     Raises:
         DataError: a missing record, or a reference to no earlier row's ``id``.
     """
-    with_ref = any("reference" in r for r in rows)
+    with_ref = any(r.get("reference") for r in rows)
     head = ["task", "what the row is", "command", "seeds", "accuracy / F1"] + (["vs reference"] if with_ref else []) \
-        + ["MACs ratio, real", "MACs ratio, padded", "measured speed-up", "records"]
+        + ["MACs ratio, real", "MACs ratio, padded"] + (["MACs ratio, papers' count"] if papers_count else []) \
+        + ["measured speed-up", "records"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     means: dict[str, tuple[float, str]] = {}
     points = []
     ids: set[str] = set()
     for row in rows:
+        ref = row.get("reference")
+        if ref and ref not in ids:
+            raise DataError(f"row {row['what']!r}: reference {ref!r} is no earlier row's id")
         ids.update([row["id"]] if "id" in row else [])
         ms = measure(row["source"], root, pending="pending" in row)
         ok = [m for m in ms if m.failed is None]
@@ -190,7 +199,7 @@ def table(rows: list[dict[str, Any]], root: Path, base: Path) -> tuple[str, list
         if not ok:
             why = f"failed: {failed[0].failed}" if failed else "not run yet"
             cells = [row["task"], row["what"], row["command"], "0" if not failed else f"0 ({len(failed)} failed)",
-                     why] + (["-"] if with_ref else []) + ["-", "-", "-", links]
+                     why] + (["-"] if with_ref else []) + ["-", "-"] + (["-"] if papers_count else []) + ["-", links]
             out.append("| " + " | ".join(cells) + " |")
             continue
         metric = [m.metric for m in ok]
@@ -201,14 +210,13 @@ def table(rows: list[dict[str, Any]], root: Path, base: Path) -> tuple[str, list
             means[row["id"]] = _mean(metric)
         vs = []
         if with_ref:
-            ref = row.get("reference")
-            if ref is not None and ref not in ids:
-                raise DataError(f"row {row['what']!r}: reference {ref!r} is no earlier row's id")
             vs = [f"{_mean(metric) - means[ref]:+.{digits}f}" if ref in means else
                   "reference not run yet" if ref else "-"]
         macs, padded = _mean([m.macs_ratio for m in ok]), _mean([m.padded_macs_ratio for m in ok])
+        paper = [m.paper_macs_ratio for m in ok if m.paper_macs_ratio is not None]
+        papers = [(_ratio(_mean(paper)) if len(paper) == len(ok) else "not recorded")] if papers_count else []
         cells = [row["task"], row["what"], row["command"], seeds, _mean_sd(metric, digits), *vs, _ratio(macs),
-                 _ratio(padded), speed, links]
+                 _ratio(padded), *papers, speed, links]
         out.append("| " + " | ".join(cells) + " |")
         points.append({"what": row.get("series") or row.get("short", row["what"]), "macs": macs, "metric": _mean(metric),
                        "sd": statistics.stdev(metric) if len(metric) > 1 else 0.0})
@@ -293,7 +301,7 @@ def render(spec: dict[str, Any], root: Path) -> dict[Path, dict[str, str]]:
         base = (root / block["file"]).parent
         if "rows" in block or "points_of" in block:
             rows = block.get("rows") or compare_rows(block, root)
-            text, points = table(rows, root, base)
+            text, points = table(rows, root, base, papers_count=bool(block.get("papers_count")))
             if "plot" in block:
                 out[None][root / block["plot"]] = (points, block.get("title", name))
         elif "onnx" in block:
