@@ -112,6 +112,9 @@ class TaskModule(L.LightningModule):
                  **options: Any) -> None:
         super().__init__()
         self.run_config = run_config
+        # frozen models the method reads (a distillation teacher, the search's standard model): a plain dict, so
+        # they stay out of the state dict, the optimizer and Lightning's device moves (:meth:`hold`)
+        self._held: dict[str, nn.Module] = {}
         self._tok_files: dict[str, bytes] | None = None
         training, *own = split_options(options, self.option_classes, "method")
         self.options = own[0] if own else None
@@ -223,6 +226,16 @@ class TaskModule(L.LightningModule):
         if macs["examples"]:
             self.log_dict({f"val/{k}": float(v) for k, v in macs.items() if k != "examples"})
         self.val_macs.reset()
+
+    def hold(self, name: str, model: nn.Module) -> nn.Module:
+        """Keep ``model``, frozen and in eval mode, as the reference ``name``; returns it. Not trained, not saved,
+        not moved by Lightning (move it where it is used)."""
+        self._held[name] = model.eval().requires_grad_(False)
+        return self._held[name]
+
+    def held(self, name: str) -> nn.Module | None:
+        """The reference model :meth:`hold` keeps as ``name``, None when there is none."""
+        return self._held.get(name)
 
     def on_test_start(self) -> None:
         self._fresh_eval_states(*self.test_metrics, *self.test_macs)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from torch import nn
 
 from dyntok.core.gates import RankGates
 from dyntok.core.lengths import LengthConfig
@@ -65,8 +66,6 @@ class GatesModule(TaskModule):
         self.lam, self.mu = float(o.regularizer.get("lambda", 0.0)), float(o.regularizer.get("mu", 0.0))
         self.distill, self.rank_distill = float(o.distill), float(o.rank_distill)
         self.sparsity = o.sparsity
-        # The frozen fine-tuned model (distill > 0); kept out of the state dict and the optimizer.
-        object.__setattr__(self, "teacher", None)
         self.gate_lr = o.gate_lr
         self.layer_weighting = o.layer_weighting
         self.freeze_gates_steps = o.freeze_gates_steps
@@ -225,9 +224,14 @@ class GatesModule(TaskModule):
             return self.mu
         return self.mu * min(1.0, max(0.0, (t - start) / max(end - start, 1e-9)))
 
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen fine-tuned model (``init_from``) that distillation reads, None without distillation."""
+        return self.held("teacher")
+
     def on_init_from(self, meta: dict[str, Any]) -> None:
         if self.distill > 0 or self.rank_distill > 0:
-            object.__setattr__(self, "teacher", copy.deepcopy(self.model).eval().requires_grad_(False))
+            self.hold("teacher", copy.deepcopy(self.model))
 
     def before_fit(self, datamodule) -> None:
         for key, weight in (("distill", self.distill), ("rank_distill", self.rank_distill)):

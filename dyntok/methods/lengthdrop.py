@@ -20,6 +20,7 @@ from dataclasses import asdict
 from typing import Any
 
 import torch
+from torch import nn
 
 from dyntok.core.lengths import LengthConfig, ceil_share
 from dyntok.methods.base import TaskModule, distillation_loss
@@ -61,8 +62,11 @@ class LengthDropModule(TaskModule):
         self.explicit_config = self.length_config is not None
         self.rng = random.Random(0)
         self.search_summary: dict[str, Any] = {}
-        # The standard model (init_from) for the constant-ratio curve; kept out of the state dict.
-        object.__setattr__(self, "baseline", None)
+
+    @property
+    def baseline(self) -> nn.Module | None:
+        """The standard model (``init_from``'s method=full source) of the search's constant-ratio curve."""
+        return self.held("baseline")
 
     # ---- sampling ----------------------------------------------------------------------------------
     @property
@@ -199,7 +203,7 @@ class LengthDropModule(TaskModule):
                      self.length_config.describe())
             self.length_config = None
         if method_of(meta) == "full":
-            object.__setattr__(self, "baseline", copy.deepcopy(self.model).eval())
+            self.hold("baseline", copy.deepcopy(self.model))
             return
         from dyntok.errors import CheckpointError
         from dyntok.methods.checkpoint import model_weights, read_checkpoint
@@ -222,4 +226,4 @@ class LengthDropModule(TaskModule):
             return
         baseline = copy.deepcopy(self.model)
         baseline.load_state_dict(model_weights(state))
-        object.__setattr__(self, "baseline", baseline.eval())
+        self.hold("baseline", baseline)
