@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from dyntok.core.problems import Problem, problem_of
 from dyntok.errors import ConfigError, DyntokError, user_message
 from dyntok.evaluation.predictions import Predictions, predict_inputs, split_pairs
 
@@ -97,8 +98,8 @@ def export(source: str | Path, out: str | Path, length_config: Any = None, trust
 
     reported = cfg or module.reported_length_config()
     meta: dict[str, Any] = {
-        "task": task.name, "problem": task.problem, "text_keys": list(task.text_keys),
-        "labels": list(task.label_names) if task.problem == "classification" else None,
+        "task": task.name, "problem": task.problem.name, "text_keys": list(task.text_keys),
+        "labels": list(task.label_names) or None,
         "max_length": predictor.max_length, "inputs": inputs, "outputs": outputs,
         "rule": "length_config" if cfg is not None else "rank_gates" if gates is not None else "full",
         "length_config": reported.to_dict() if reported is not None else None,
@@ -158,7 +159,7 @@ def _tokenize(tokenizer: Any, texts: list, max_length: int, tensors: str) -> dic
     return tokenizer(firsts, seconds, truncation=True, max_length=max_length, padding=True, return_tensors=tensors)
 
 
-def _check_parity(out: Path, predictor, length_config, enc: dict[str, Any], inputs: list[str], problem: str,
+def _check_parity(out: Path, predictor, length_config, enc: dict[str, Any], inputs: list[str], problem: Problem,
                   atol: float) -> dict[str, Any]:
     """ONNX Runtime on ``enc`` against dyntok's PyTorch inference (:meth:`Predictor.forward`)."""
     import torch
@@ -167,10 +168,8 @@ def _check_parity(out: Path, predictor, length_config, enc: dict[str, Any], inpu
         ref = predictor.forward(dict(enc), length_config)
     logits, kept = ref.logits.float().numpy(), ref.encoder.kept.numpy()
     got = session(out / MODEL_FILE).run(None, {k: enc[k].numpy() for k in inputs})
-    if problem == "span":
-        got, got_kept = np.stack(got[:2], -1), got[2]
-    else:
-        got, got_kept = got[0], got[1]
+    n = len(problem.output_names())  # the logits' outputs (span: start and end), then the kept counts
+    got, got_kept = (got[0] if n == 1 else np.stack(got[:n], -1)), got[n]
     real = logits > np.finfo(np.float32).min / 2  # span logits of padding sit at the dtype's minimum
     diff = float(np.abs(np.where(real, got - logits, 0.0)).max())
     same_kept = bool((got_kept == kept).all())
@@ -231,7 +230,7 @@ class OnnxPredictor:
                 text that is empty, not a string or not valid Unicode, pairs where strings are expected or the
                 reverse, ``batch_size`` < 1).
         """
-        problem = self.meta["problem"]
+        problem = problem_of(self.meta["problem"])
         firsts, seconds = predict_inputs(texts, self.meta["task"], self.meta["text_keys"], problem,
                                          "run span models with run()", batch_size)
         n = len(firsts)

@@ -17,13 +17,13 @@ def test_registry_has_every_task():
     for name, spec in TASKS.items():
         assert spec.name == name
         assert spec.main_metric in spec.metric_names
-        expected = {"regression": 1, "span": 2}.get(spec.problem, len(spec.label_names))
+        expected = {"regression": 1, "span": 2}.get(spec.problem.name, len(spec.label_names))
         assert spec.num_labels == expected
         assert len(spec.text_keys) in (1, 2)
         assert (spec.glue_dir is not None) == (name in GLUE)
-        assert (spec.hub is not None) == (name in GLUE or spec.problem == "span")
+        assert (spec.hub is not None) == (name in GLUE or spec.problem.name == "span")
     squad = get_task("squad")
-    assert (squad.problem, squad.main_metric, squad.hub) == ("span", "f1", ("rajpurkar/squad", "plain_text"))
+    assert (squad.problem.name, squad.main_metric, squad.hub) == ("span", "f1", ("rajpurkar/squad", "plain_text"))
 
 
 def test_unknown_task_lists_the_choices():
@@ -37,7 +37,7 @@ def test_label_orders_match_the_hub():
     assert get_task("qnli").label_names == ("entailment", "not_entailment")
     assert get_task("rte").label_names == ("entailment", "not_entailment")
     assert get_task("wnli").label_names == ("0", "1")
-    assert get_task("stsb").problem == "regression" and get_task("stsb").label_range == (0.0, 5.0)
+    assert get_task("stsb").problem.name == "regression" and get_task("stsb").label_range == (0.0, 5.0)
     assert get_task("sst2").hub == ("nyu-mll/glue", "sst2") and get_task("sst2").glue_dir == "SST-2"
     assert get_task("mrpc").is_pair and not get_task("cola").is_pair
 

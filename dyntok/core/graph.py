@@ -30,16 +30,16 @@ from dyntok.core.gates import RankGates
 from dyntok.core.lengths import LengthConfig
 from dyntok.core.macs import ModelDims, model_macs
 from dyntok.core.model import DynTokModel
+from dyntok.core.problems import Problem, problem_of
 from dyntok.errors import ConfigError
 
 OUTPUTS = ("logits", "kept", "macs", "full_macs")
 """The graph's outputs, in order (span models return ``start_logits`` and ``end_logits`` for ``logits``)."""
 
 
-def output_names(problem: str) -> list[str]:
+def output_names(problem: Problem | str) -> list[str]:
     """The names of :class:`InferenceGraph`'s outputs for a task ``problem``."""
-    head = ["start_logits", "end_logits"] if problem == "span" else ["logits"]
-    return head + list(OUTPUTS[1:])
+    return problem_of(problem).output_names() + list(OUTPUTS[1:])
 
 
 class InferenceGraph(nn.Module):
@@ -137,6 +137,4 @@ class InferenceGraph(nn.Module):
         logits = model.logits(out, attention_mask)
         macs = model_macs(self.dims, real, kept_t, model.problem, inputs=inputs_t)
         full = model_macs(self.dims, real, real.unsqueeze(1).expand(-1, enc.num_layers), model.problem)
-        if model.problem == "span":
-            return logits[..., 0], logits[..., 1], kept_t, macs, full
-        return logits, kept_t, macs, full
+        return *model.problem.split_logits(logits), kept_t, macs, full

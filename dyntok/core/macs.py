@@ -24,6 +24,7 @@ import torch
 import torchmetrics
 
 from dyntok.core.lengths import LengthConfig
+from dyntok.core.problems import Problem, problem_of
 from dyntok.errors import ConfigError
 
 
@@ -109,25 +110,22 @@ def encoder_macs(
     return per_layer.sum(1)
 
 
-def head_macs(dims: ModelDims, input_lengths: torch.Tensor, problem: str) -> torch.Tensor:
-    """(B,) MACs after the encoder: pooler d^2 on [CLS] + classifier d * num_labels (``classification``,
-    ``regression`` with one output), or a start/end layer 2 * d on every real position (``span``)."""
-    n = input_lengths.to(torch.float64).cpu()
-    d = float(dims.hidden)
-    if problem == "span":
-        return 2 * d * n
-    if problem == "classification":
-        return torch.full_like(n, d * d + d * dims.num_labels)
-    if problem == "regression":
-        return torch.full_like(n, d * d + d)
-    raise ConfigError(f"problem must be classification, regression or span, got {problem!r}")
+def head_macs(dims: ModelDims, input_lengths: torch.Tensor, problem: Problem | str) -> torch.Tensor:
+    """(B,) MACs after the encoder, as the task's problem counts them
+    (:meth:`~dyntok.core.problems.Problem.head_macs`: the pooler and classifier on [CLS], or a start/end layer
+    on every real position).
+
+    Raises:
+        ConfigError: an unknown ``problem``.
+    """
+    return problem_of(problem).head_macs(dims.hidden, dims.num_labels, input_lengths)
 
 
 def model_macs(
     dims: ModelDims,
     input_lengths: torch.Tensor,
     kept: torch.Tensor,
-    problem: str,
+    problem: Problem | str,
     skipped: Sequence[bool] | None = None,
     inputs: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -181,7 +179,7 @@ def executed_lengths(cfg: LengthConfig, input_lengths: torch.Tensor, restore: st
 
 
 def length_config_macs(
-    dims: ModelDims, cfg: LengthConfig, input_lengths: torch.Tensor, problem: str | None = None,
+    dims: ModelDims, cfg: LengthConfig, input_lengths: torch.Tensor, problem: Problem | str | None = None,
     restore: str | None = None,
 ) -> torch.Tensor:
     """(B,) MACs of running ``cfg`` on inputs of these real lengths (:func:`executed_lengths`): encoder only,
@@ -217,11 +215,10 @@ class MacsReport(torchmetrics.Metric):
     higher_is_better = None
     is_differentiable = False
 
-    def __init__(self, dims: ModelDims, max_length: int | None = None, problem: str | None = None,
+    def __init__(self, dims: ModelDims, max_length: int | None = None, problem: Problem | str | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if problem is not None:
-            head_macs(dims, torch.ones(1), problem)  # raises ConfigError naming a bad problem
+        problem = problem_of(problem) if problem is not None else None  # raises ConfigError naming a bad one
         self.dims, self.max_length, self.problem = dims, max_length, problem
         zero = torch.zeros((), dtype=torch.float64)
         for name in ("total", "total_full", "total_padded", "examples_f", "input_tokens"):

@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from dyntok.core.encoder import EncoderOutput, Restore, Significance, TokenDroppingEncoder
+from dyntok.core.problems import Problem, problem_of
 from dyntok.errors import ConfigError
-
-Problem = Literal["classification", "regression", "span"]
 
 
 def resolve_pretrained(name_or_path: str) -> str:
@@ -95,7 +94,8 @@ class DynTokModel(nn.Module):
 
     Args:
         encoder: the :class:`TokenDroppingEncoder`.
-        problem: ``classification``, ``regression`` or ``span``.
+        problem: a :class:`~dyntok.core.problems.Problem` or its name (``classification``, ``regression``,
+            ``span``).
         num_labels: classes (classification); ignored otherwise.
         dropout: before the output layer.
         restore: span tasks' Drop-and-Restore (``model.restore``): ``output`` (a dropped token keeps its last
@@ -106,21 +106,20 @@ class DynTokModel(nn.Module):
         ConfigError: an unknown ``problem`` or ``restore``.
     """
 
-    def __init__(self, encoder: TokenDroppingEncoder, problem: Problem, num_labels: int = 2, dropout: float = 0.1,
-                 restore: Restore = "output"):
+    def __init__(self, encoder: TokenDroppingEncoder, problem: Problem | str, num_labels: int = 2,
+                 dropout: float = 0.1, restore: Restore = "output"):
         super().__init__()
-        if problem not in ("classification", "regression", "span"):
-            raise ConfigError(f"problem must be classification, regression or span, got {problem!r}")
+        problem = problem_of(problem)
         if restore not in ("output", "last_layer"):
             raise ConfigError(f"model.restore must be 'output' or 'last_layer', got {restore!r}")
         self.encoder = encoder
         self.problem = problem
         self.restore: Restore = restore
-        self.num_labels = num_labels if problem == "classification" else (1 if problem == "regression" else 2)
+        self.num_labels = problem.head_outputs(num_labels)
         d = encoder.hidden_size
         # BERT/RoBERTa bring a pooler (dense + tanh on [CLS]); DistilBERT gets a fresh one.
         has_pooler = getattr(encoder.backbone, "pooler", None) is not None
-        self.pooler = nn.Sequential(nn.Linear(d, d), nn.Tanh()) if problem != "span" and not has_pooler else None
+        self.pooler = nn.Sequential(nn.Linear(d, d), nn.Tanh()) if problem.pooled and not has_pooler else None
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(d, self.num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
@@ -130,7 +129,7 @@ class DynTokModel(nn.Module):
     def from_pretrained(
         cls,
         pretrained: str | None,
-        problem: Problem,
+        problem: Problem | str,
         num_labels: int = 2,
         config: dict[str, Any] | None = None,
         significance: Significance = "all_queries",
@@ -153,7 +152,7 @@ class DynTokModel(nn.Module):
 
     @property
     def keep_cls(self) -> bool:
-        return self.problem != "span"
+        return self.problem.keeps_cls
 
     def _pool(self, cls_state: torch.Tensor) -> torch.Tensor:
         if self.pooler is not None:
@@ -172,14 +171,10 @@ class DynTokModel(nn.Module):
     @property
     def restore_mode(self) -> Restore | None:
         """How the encoder restores dropped tokens: span tasks' ``restore``, None for the others."""
-        return self.restore if self.problem == "span" else None
+        return self.problem.restore(self.restore)
 
     def logits(self, out: EncoderOutput, attention_mask: torch.Tensor) -> torch.Tensor:
         """The head on the encoder's output (shapes in :class:`ModelOutput`); span logits of padding are the
         dtype's minimum."""
-        if self.problem == "span":
-            logits = self.head(self.dropout(out.hidden))
-            pad = ~attention_mask.bool()
-            return logits.masked_fill(pad.unsqueeze(-1), torch.finfo(logits.dtype).min)
-        logits = self.head(self.dropout(self._pool(out.cls)))
-        return logits.squeeze(-1) if self.problem == "regression" else logits
+        state = self._pool(out.cls) if self.problem.pooled else out.hidden
+        return self.problem.finish_logits(self.head(self.dropout(state)), attention_mask)

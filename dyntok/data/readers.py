@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -75,7 +74,6 @@ class _RowChecker:
 
     def __init__(self, spec: TaskSpec, empty_text: str):
         self.spec, self.empty_text = spec, empty_text
-        self.index = {name: i for i, name in enumerate(spec.label_names)}
         self.skipped = 0
 
     def keep(self, where: str, names: tuple[str, ...], texts: tuple[str, ...]) -> bool:
@@ -90,20 +88,7 @@ class _RowChecker:
 
     def label(self, where: str, raw: str) -> int | float:
         """Label index (classification) or float target (regression) of a raw label string."""
-        spec = self.spec
-        if spec.problem == "regression":
-            try:
-                value = float(raw)
-            except ValueError:
-                value = math.nan
-            lo, hi = spec.label_range or (-math.inf, math.inf)
-            if not lo <= value <= hi:  # also catches nan
-                raise DataError(f"{where}: label {raw!r} is not a number in [{lo:g}, {hi:g}]")
-            return value
-        if raw not in self.index:
-            allowed = ", ".join(repr(n) for n in spec.label_names)
-            raise DataError(f"{where}: label {raw!r} is not one of {allowed}")
-        return self.index[raw]
+        return self.spec.problem.read_label(where, raw, self.spec.label_names, self.spec.label_range)
 
     def report(self, source: str) -> None:
         if self.skipped:
@@ -112,8 +97,7 @@ class _RowChecker:
 
 def _raw(spec: TaskSpec, texts: list[tuple[str, ...]], labels: list[int | float]) -> RawSplit:
     columns = tuple(list(c) for c in zip(*texts, strict=True)) if texts else tuple([] for _ in spec.text_keys)
-    dtype = np.float32 if spec.problem == "regression" else np.int64
-    return RawSplit(columns, np.asarray(labels, dtype=dtype))
+    return RawSplit(columns, np.asarray(labels, dtype=spec.problem.label_dtype))
 
 
 def _decode(path: Path | str, data: bytes) -> str:
@@ -266,8 +250,7 @@ def load_glue_hub(spec: TaskSpec, empty_text: str, splits: tuple[str, ...]) -> d
             where = f"hub {name}/{config} {HUB_SPLITS[split]} row {i}"
             if not checker.keep(where, spec.text_keys, row_texts):
                 continue
-            if spec.problem == "classification" and not 0 <= label < spec.num_labels:
-                raise DataError(f"{where}: label {label} is not in 0..{spec.num_labels - 1}")
+            spec.problem.check_label(where, label, spec.num_labels)
             texts.append(row_texts)
             labels.append(label)
         checker.report(f"hub {name}/{config} {HUB_SPLITS[split]}")

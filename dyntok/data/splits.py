@@ -16,10 +16,7 @@ def rng_for(seed: int, purpose: str) -> np.random.Generator:
 
 
 def _strata(raw: RawSplit, spec: TaskSpec) -> np.ndarray:
-    if spec.problem == "regression":  # five quantile bins of the target
-        edges = np.quantile(raw.labels, [0.2, 0.4, 0.6, 0.8])
-        return np.searchsorted(edges, raw.labels, side="right")
-    return raw.labels
+    return spec.problem.strata(raw.labels)
 
 
 def stratified_pick(strata: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

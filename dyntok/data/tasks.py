@@ -16,11 +16,9 @@ says what the task is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
+from dyntok.core.problems import PROBLEMS, Problem
 from dyntok.errors import ConfigError
-
-Problem = Literal["classification", "regression", "span"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,8 @@ class TaskSpec:
 
     Attributes:
         name: registry key, e.g. ``"sst2"``.
-        problem: ``"classification"``, ``"regression"`` or ``"span"`` (start/end of an answer in a context).
+        problem: its :class:`~dyntok.core.problems.Problem` (classification, regression, or span: start and end
+            of an answer in a context).
         num_labels: classifier outputs; 1 for regression; 2 (start, end) for span.
         label_names: raw label values as they appear in the files, in label-index order (index 0 first),
             which is the order the Hugging Face ``nyu-mll/glue`` dataset uses; empty for regression and span.
@@ -66,7 +65,7 @@ def _glue(name: str, glue_dir: str, **kw) -> TaskSpec:
     kw.setdefault("num_labels", len(kw["label_names"]))
     kw.setdefault("metric_names", ("accuracy",))
     kw.setdefault("main_metric", kw["metric_names"][0])
-    kw.setdefault("problem", "classification")
+    kw.setdefault("problem", PROBLEMS["classification"])
     return TaskSpec(name=name, glue_dir=glue_dir, hub=("nyu-mll/glue", name), **kw)
 
 
@@ -83,7 +82,7 @@ TASKS: dict[str, TaskSpec] = {
             main_metric="f1",
         ),
         _glue(
-            "stsb", "STS-B", text_keys=_PAIR, problem="regression", num_labels=1, label_names=(),
+            "stsb", "STS-B", text_keys=_PAIR, problem=PROBLEMS["regression"], num_labels=1, label_names=(),
             metric_names=("pearson", "spearman"), label_range=(0.0, 5.0),
         ),
         _glue(
@@ -96,16 +95,16 @@ TASKS: dict[str, TaskSpec] = {
         # WNLI files say 1 = entailment, and the hub's label 1 is "entailment" too
         _glue("wnli", "WNLI", text_keys=_PAIR),
         TaskSpec(
-            name="rotten_tomatoes", problem="classification", num_labels=2, label_names=("0", "1"),
+            name="rotten_tomatoes", problem=PROBLEMS["classification"], num_labels=2, label_names=("0", "1"),
             text_keys=("text",), main_metric="accuracy", metric_names=("accuracy",),
         ),
         TaskSpec(
-            name="imdb", problem="classification", num_labels=2, label_names=("0", "1"),
+            name="imdb", problem=PROBLEMS["classification"], num_labels=2, label_names=("0", "1"),
             text_keys=("text",), main_metric="accuracy", metric_names=("accuracy",),
         ),
         # SQuAD v1.1: exact match and F1 of the official script, as fractions (dyntok.evaluation.squad)
         TaskSpec(
-            name="squad", problem="span", num_labels=2, label_names=(), text_keys=("question", "context"),
+            name="squad", problem=PROBLEMS["span"], num_labels=2, label_names=(), text_keys=("question", "context"),
             main_metric="f1", metric_names=("exact_match", "f1"), hub=("rajpurkar/squad", "plain_text"),
         ),
     )

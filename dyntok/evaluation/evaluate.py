@@ -13,26 +13,21 @@ from typing import Any
 import torch
 
 from dyntok.core.macs import MacsReport
+from dyntok.core.problems import Problem, problem_of
 
 Batch = dict[str, Any]
 
 
-def predictions(logits: torch.Tensor, problem: str) -> torch.Tensor:
-    """What the task metrics take from the logits: argmax classes (B,) for classification, float values (B,)
-    for regression, span start/end logits (B, T, 2) as they are (answers are picked per question when the
-    metric is computed)."""
-    return logits.float() if problem in ("regression", "span") else logits.argmax(-1)
-
-
-def update_metrics(metrics, logits: torch.Tensor, batch: Batch, problem: str) -> None:
-    """Feed one batch to ``metrics``: :func:`predictions` against the batch's ``labels`` (span tasks: its
-    windows' ``index``; the metric maps windows back to questions)."""
-    target = batch["index"] if problem == "span" else batch["labels"]
-    metrics.update(predictions(logits, problem), target)
+def update_metrics(metrics, logits: torch.Tensor, batch: Batch, problem: Problem | str) -> None:
+    """Feed one batch to ``metrics``: the problem's predictions (argmax classes (B,), float values (B,), span
+    start/end logits (B, T, 2) as they are) against its targets (the batch's ``labels``; span tasks: its
+    windows' ``index``, which the metric maps back to questions)."""
+    problem = problem_of(problem)
+    metrics.update(problem.predictions(logits), problem.targets(batch))
 
 
 @torch.inference_mode()
-def evaluate(forward: Callable[[Batch], Any], batches: Iterable[Batch], metrics, macs: MacsReport, problem: str,
+def evaluate(forward: Callable[[Batch], Any], batches: Iterable[Batch], metrics, macs: MacsReport, problem: Problem | str,
              device: torch.device | str = "cpu", transform: Callable[[Batch], Batch] | None = None
              ) -> dict[str, float]:
     """Run ``forward`` over ``batches`` and return the metrics' values with the MACs statistics

@@ -16,6 +16,7 @@ from torchmetrics as they are.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 import torchmetrics
@@ -84,33 +85,45 @@ def task_metrics(task, prefix: str = "", sync_on_compute: bool = True) -> torchm
     Raises:
         ConfigError: the task asks for a metric its problem type does not have.
     """
-    if task.problem == "span":  # one metric post-processes the windows and reports all of its names
-        from dyntok.evaluation.squad import SquadMetric
-
-        return torchmetrics.MetricCollection({"squad": SquadMetric(sync_on_compute=sync_on_compute)}, prefix=prefix)
-    metrics = {name: _build_metric(task, name, sync_on_compute=sync_on_compute) for name in task.metric_names}
+    metrics = _METRICS[task.problem.name](task, sync_on_compute=sync_on_compute)
     return torchmetrics.MetricCollection(metrics, prefix=prefix)
 
 
-def _build_metric(spec, name: str, **kw) -> torchmetrics.Metric:
-    """GLUE's scorer's value in every case, degenerate ones included (module docstring)."""
-    if spec.problem == "classification":
-        # binary metrics take int preds in {0, 1} as they are (no threshold on probabilities)
-        binary = spec.num_labels == 2
-        if name == "accuracy":
-            if binary:
-                return tmc.BinaryAccuracy(**kw)
-            # micro average = plain accuracy; torchmetrics' multiclass default is macro
-            return tmc.MulticlassAccuracy(num_classes=spec.num_labels, average="micro", **kw)
-        if name == "f1" and binary:
-            return tmc.BinaryF1Score(**kw)
-        if name == "mcc":
-            return MatthewsCorrCoef(num_classes=spec.num_labels, **kw)
-    elif spec.problem == "regression":
-        if name == "pearson":
-            return tmr.PearsonCorrCoef(**kw)
-        if name == "spearman":
-            with warnings.catch_warnings():  # it keeps all preds; fine for STS-B's 1,500 pairs
-                warnings.filterwarnings("ignore", message="Metric `SpearmanCorrcoef` will save")
-                return SpearmanCorrCoef(**kw)
-    raise ConfigError(f"task {spec.name!r}: no metric {name!r} for a {spec.problem} task")
+def _classification(spec, **kw) -> dict[str, torchmetrics.Metric]:
+    """GLUE's scorer's value in every case, degenerate ones included (module docstring); binary metrics take
+    int preds in {0, 1} as they are (no threshold on probabilities)."""
+    binary = spec.num_labels == 2
+    build = {"accuracy": lambda: tmc.BinaryAccuracy(**kw) if binary else
+             # micro average = plain accuracy; torchmetrics' multiclass default is macro
+             tmc.MulticlassAccuracy(num_classes=spec.num_labels, average="micro", **kw),
+             "mcc": lambda: MatthewsCorrCoef(num_classes=spec.num_labels, **kw)}
+    if binary:
+        build["f1"] = lambda: tmc.BinaryF1Score(**kw)
+    return {name: _pick(spec, build, name)() for name in spec.metric_names}
+
+
+def _regression(spec, **kw) -> dict[str, torchmetrics.Metric]:
+    def spearman() -> torchmetrics.Metric:
+        with warnings.catch_warnings():  # it keeps all preds; fine for STS-B's 1,500 pairs
+            warnings.filterwarnings("ignore", message="Metric `SpearmanCorrcoef` will save")
+            return SpearmanCorrCoef(**kw)
+
+    build = {"pearson": lambda: tmr.PearsonCorrCoef(**kw), "spearman": spearman}
+    return {name: _pick(spec, build, name)() for name in spec.metric_names}
+
+
+def _span(spec, **kw) -> dict[str, torchmetrics.Metric]:
+    """One metric post-processes the windows and reports all of its names (exact match, F1)."""
+    from dyntok.evaluation.squad import SquadMetric
+
+    return {"squad": SquadMetric(**kw)}
+
+
+def _pick(spec, build: dict[str, Any], name: str) -> Any:
+    if name not in build:
+        raise ConfigError(f"task {spec.name!r}: no metric {name!r} for a {spec.problem} task")
+    return build[name]
+
+
+# each problem's metrics, by the problem's name
+_METRICS = {"classification": _classification, "regression": _regression, "span": _span}

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from dyntok.core.problems import Problem, problem_of
 from dyntok.errors import ConfigError
 
 
@@ -32,7 +33,8 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def predict_inputs(texts: str | Sequence[Any], task: str, text_keys: Sequence[str], problem: str, span_hint: str,
+def predict_inputs(texts: str | Sequence[Any], task: str, text_keys: Sequence[str], problem: Problem | str,
+                   span_hint: str,
                    batch_size: int = 1) -> tuple[list[str], list[str] | None]:
     """``texts`` given to a ``predict``, checked against the task and split as :func:`split_pairs`: a list of
     strings (a bare string is one text) or of (first, second) pairs; ``batch_size``: the call's batch size.
@@ -42,7 +44,7 @@ def predict_inputs(texts: str | Sequence[Any], task: str, text_keys: Sequence[st
             non-empty valid Unicode string (naming its index), pairs for a single-sentence task or the reverse,
             or ``batch_size`` < 1.
     """
-    if problem == "span":
+    if problem_of(problem).windowed:  # a context to window and an answer to locate: evaluate() does that
         raise ConfigError(f"predict() serves classification and regression; {span_hint}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"predict(): batch_size must be an integer >= 1, got {batch_size!r}")
@@ -92,14 +94,10 @@ class Predictions:
     input_lengths: np.ndarray
 
     @classmethod
-    def from_logits(cls, logits: np.ndarray, problem: str, label_names: tuple[str, ...] | None, macs: np.ndarray,
+    def from_logits(cls, logits: np.ndarray, problem: Problem | str, label_names: tuple[str, ...] | None, macs: np.ndarray,
                     full_macs: np.ndarray, kept: np.ndarray, input_lengths: np.ndarray) -> Predictions:
         """Predictions from the head's outputs: (N, num_labels) logits (classification: softmax, the label of
         the largest; ``label_names`` or "0", "1", ... by index) or (N,) values (regression); the other
         arguments as the attributes."""
-        if problem == "regression":
-            return cls(logits.tolist(), logits, macs, full_macs, kept, input_lengths)
-        z = np.exp(logits - logits.max(-1, keepdims=True))
-        probabilities = z / z.sum(-1, keepdims=True)
-        names = label_names or tuple(str(i) for i in range(logits.shape[-1]))
-        return cls([names[i] for i in probabilities.argmax(-1)], probabilities, macs, full_macs, kept, input_lengths)
+        labels, values = problem_of(problem).readable(logits, label_names)
+        return cls(labels, values, macs, full_macs, kept, input_lengths)

@@ -19,9 +19,9 @@ from torch import nn
 from dyntok.core.lengths import LengthConfig
 from dyntok.core.macs import MacsReport, ModelDims
 from dyntok.core.model import DynTokModel, ModelOutput
+from dyntok.core.problems import Problem, problem_of
 from dyntok.data.config import DataConfig
 from dyntok.data.tasks import TaskSpec
-from dyntok.errors import ConfigError
 from dyntok.evaluation.evaluate import update_metrics
 from dyntok.evaluation.metrics import task_metrics
 from dyntok.methods.config import TrainingConfig
@@ -30,10 +30,12 @@ from dyntok.options import split_options
 KdDirection = Literal["forward", "reverse"]
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, problem: str,
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, problem: Problem | str,
                       direction: KdDirection = "forward") -> torch.Tensor:
     """Distillation loss of student logits towards detached teacher logits: LAT's in-place distillation of
-    a sub-model towards the full model, and the gates' optional distillation from the fine-tuned model.
+    a sub-model towards the full model, and the gates' optional distillation from the fine-tuned model
+    (:meth:`~dyntok.core.problems.Problem.distillation_loss`: KL over classes or over positions, or MSE for
+    regression).
 
     Args:
         student, teacher: logits, (B, C) classification, (B,) regression or (B, T, 2) span start/end.
@@ -43,20 +45,11 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, problem: str
 
     Returns:
         scalar, mean over examples (and over start/end for span).
+
+    Raises:
+        ConfigError: an unknown ``direction``.
     """
-    teacher = teacher.detach()
-    if problem == "regression":
-        return F.mse_loss(student.float(), teacher.float())
-    if problem == "span":  # (B, T, 2) -> (2B, T): one distribution over positions per start/end
-        student = student.float().transpose(1, 2).reshape(-1, student.size(1))
-        teacher = teacher.float().transpose(1, 2).reshape(-1, teacher.size(1))
-    log_s = F.log_softmax(student.float(), -1)
-    log_t = F.log_softmax(teacher.float(), -1)
-    if direction == "forward":
-        return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
-    if direction == "reverse":
-        return F.kl_div(log_t, log_s, log_target=True, reduction="batchmean")
-    raise ConfigError(f"method.kd_direction must be 'forward' or 'reverse', got {direction!r}")
+    return problem_of(problem).distillation_loss(student, teacher, direction)
 
 
 def ranking_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, exclude_first: bool = True
@@ -138,14 +131,10 @@ class TaskModule(L.LightningModule):
                           lengths=lengths, **kw)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy for classification, MSE for regression; span: the mean of the start and end
-        cross-entropies over positions (logits (B, T, 2), labels (B, 2))."""
-        if self.task.problem == "regression":
-            return F.mse_loss(logits.float(), labels.float())
-        if self.task.problem == "span":
-            return (F.cross_entropy(logits[..., 0].float(), labels[:, 0])
-                    + F.cross_entropy(logits[..., 1].float(), labels[:, 1])) / 2
-        return F.cross_entropy(logits.float(), labels)
+        """The problem's loss (:meth:`~dyntok.core.problems.Problem.task_loss`): cross-entropy for
+        classification, MSE for regression; span: the mean of the start and end cross-entropies over
+        positions (logits (B, T, 2), labels (B, 2))."""
+        return self.task.problem.task_loss(logits, labels)
 
     def split_metrics(self, split: str, datamodule=None, prefix: str = "", sync_on_compute: bool = True):
         """A fresh metric collection for ``split``; span metrics come bound to that split's windows and
@@ -156,7 +145,7 @@ class TaskModule(L.LightningModule):
         return metrics
 
     def _bind_span(self, metrics, split: str, datamodule=None) -> None:
-        if self.task.problem == "span":
+        if self.task.problem.windowed:
             from dyntok.evaluation.squad import bind_span_metrics
 
             dm = datamodule if datamodule is not None else self.trainer.datamodule
@@ -166,7 +155,7 @@ class TaskModule(L.LightningModule):
         for rep in (self.val_macs, *self.test_macs):  # the padded baseline's length: the DataModule's
             rep.max_length = self._max_length()
         # Span metrics post-process per question: they need the split's windows and questions.
-        if self.task.problem == "span":
+        if self.task.problem.windowed:
             self._bind_span(self.val_metrics, "validation")
             for split, metrics in zip(self.task.test_splits, self.test_metrics, strict=True):
                 self._bind_span(metrics, split)
@@ -352,7 +341,7 @@ class TaskModule(L.LightningModule):
             "config": self.run_config,
             "method": self.method_name,
             "task": self.task.name,
-            "problem": self.task.problem,
+            "problem": self.task.problem.name,
             "num_labels": self.model.num_labels,
             "num_layers": self.model.num_layers,
             "hidden_size": self.model.encoder.hidden_size,

@@ -186,7 +186,7 @@ def _check_model_and_task(state: dict[str, Any], module, model_name: str | None 
             f"{state['path']}: checkpoint model has {meta.get('num_layers')} layers x {meta.get('hidden_size')}, "
             f"this model {module.model.num_layers} x {module.model.encoder.hidden_size} (another model=?)"
         )
-    if meta.get("num_labels") != module.model.num_labels or meta.get("problem") != module.task.problem:
+    if meta.get("num_labels") != module.model.num_labels or meta.get("problem") != module.task.problem.name:
         raise CheckpointError(
             f"{state['path']}: checkpoint is for task {meta.get('task')} ({meta.get('problem')}, "
             f"{meta.get('num_labels')} labels), this run is {module.task.name} "
