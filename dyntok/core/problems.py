@@ -10,6 +10,7 @@ the distillation loss, and the labels' dtype. :func:`problem_of` maps a name to 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 
-class Problem:
+class Problem(ABC):
     """A task's problem type (subclasses below); ``str()`` is its name, as configs and records spell it."""
 
     name: ClassVar[str]
@@ -46,9 +47,9 @@ class Problem:
         """[CLS] is never dropped (the pooled head reads it)."""
         return self.pooled
 
+    @abstractmethod
     def head_outputs(self, num_labels: int) -> int:
         """Width of the head's linear layer."""
-        raise NotImplementedError
 
     def read_label(self, where: str, raw: str, label_names: Sequence[str],
                    label_range: tuple[float, float] | None) -> int | float:
@@ -107,9 +108,9 @@ class Problem:
         """What the task metrics compare the predictions with."""
         return batch["labels"]
 
+    @abstractmethod
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The fine-tuning loss, a scalar."""
-        raise NotImplementedError
 
     def readable(self, outputs: np.ndarray, label_names: Sequence[str] | None) -> tuple[list[Any], np.ndarray]:
         """What ``predict()`` returns per example from the head's (N, ...) outputs: (labels or values, the
