@@ -26,13 +26,13 @@ def failures(docs: Path) -> list[dict]:
     non-zero exit status and no record."""
     out = []
     for tail in sorted(docs.glob("*/*/log_tail.txt")):
-        rec = tail.parent / "results.json"
-        status = json.loads(rec.read_text()).get("status") if rec.exists() else None
-        if status == "ok" or (status is None and "exit status 0" in tail.read_text()):
+        rec_path, text = tail.parent / "results.json", tail.read_text()
+        rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+        if (rec or {}).get("status") == "ok" or (rec is None and "exit status 0" in text):
             continue
-        error = json.loads(rec.read_text()).get("error") if rec.exists() else next(
-            (ln.split("dyntok: error:", 1)[1].strip() for ln in reversed(tail.read_text().splitlines())
-             if "dyntok: error:" in ln), "see log_tail.txt")
+        error = rec.get("error") if rec is not None else next(
+            (ln.split("dyntok: error:", 1)[1].strip() for ln in reversed(text.splitlines()) if "dyntok: error:" in ln),
+            "see log_tail.txt")
         out.append({"stage": tail.parent.parent.name, "run": tail.parent.name, "error": error})
     return out
 

@@ -182,7 +182,7 @@ def table(rows: list[dict[str, Any]], root: Path, base: Path, papers_count: bool
         + ["MACs ratio, real", "MACs ratio, padded"] + (["MACs ratio, papers' count"] if papers_count else []) \
         + ["measured speed-up", "records"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    means: dict[str, tuple[float, str]] = {}
+    means: dict[str, float] = {}
     points = []
     ids: set[str] = set()
     for row in rows:
@@ -196,10 +196,10 @@ def table(rows: list[dict[str, Any]], root: Path, base: Path, papers_count: bool
         digits = row.get("digits", 2)
         links = ", ".join(_link(m.source, base, i) for i, m in enumerate(ms)) or "-"
         seeds = str(len(ok)) + (f" ({len(failed)} failed)" if failed and ok else "")
-        if not ok:
+        if not ok:  # the metric cell says why; every other number is "-"
             why = f"failed: {failed[0].failed}" if failed else "not run yet"
-            cells = [row["task"], row["what"], row["command"], "0" if not failed else f"0 ({len(failed)} failed)",
-                     why] + (["-"] if with_ref else []) + ["-", "-"] + (["-"] if papers_count else []) + ["-", links]
+            seeds = f"0 ({len(failed)} failed)" if failed else "0"
+            cells = [row["task"], row["what"], row["command"], seeds, why, *["-"] * (len(head) - 6), links]
             out.append("| " + " | ".join(cells) + " |")
             continue
         metric = [m.metric for m in ok]
@@ -293,23 +293,25 @@ def onnx_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n\nMeasured on " + "; ".join(machines) + "."
 
 
-def render(spec: dict[str, Any], root: Path) -> dict[Path, dict[str, str]]:
-    """{markdown file: {block name: generated text}} for every block of ``spec``, and {PNG: its points} under
-    the key ``plots`` of the returned dict's ``None`` entry (the plots a table block draws)."""
-    out: dict[Any, Any] = {None: {}}
+def render(spec: dict[str, Any], root: Path
+           ) -> tuple[dict[Path, dict[str, str]], dict[Path, tuple[list[dict[str, Any]], str]]]:
+    """{markdown file: {block name: generated text}} for every block of ``spec``, and {PNG: (its points, its
+    title)} for the plots table blocks draw."""
+    out: dict[Path, dict[str, str]] = {}
+    plots: dict[Path, tuple[list[dict[str, Any]], str]] = {}
     for name, block in spec.items():
         base = (root / block["file"]).parent
         if "rows" in block or "points_of" in block:
             rows = block.get("rows") or compare_rows(block, root)
             text, points = table(rows, root, base, papers_count=bool(block.get("papers_count")))
             if "plot" in block:
-                out[None][root / block["plot"]] = (points, block.get("title", name))
+                plots[root / block["plot"]] = (points, block.get("title", name))
         elif "onnx" in block:
             text = onnx_table([_read_json(root / path) for path in block["onnx"]])
         else:
             text = main_job(block, root)
         out.setdefault(root / block["file"], {})[name] = text
-    return out
+    return out, plots
 
 
 def plot_digest(points: list[dict[str, Any]], title: str) -> str:
@@ -371,8 +373,8 @@ def publish(spec_path: str | Path, root: str | Path = ".", check: bool = False) 
     except yaml.YAMLError as e:
         raise DataError(f"{spec_path}: not valid YAML ({' '.join(str(e).split())})") from None
     changed = []
-    rendered = render(spec, root)
-    for png, (points, title) in rendered.pop(None).items():
+    rendered, plots = render(spec, root)
+    for png, (points, title) in plots.items():
         if stored_digest(png) != plot_digest(points, title):
             changed.append(str(png))
             if not check:
